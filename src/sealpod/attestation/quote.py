@@ -47,7 +47,9 @@ INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 _ATTESTATION_KEY_ECDSA_P256 = 2
 _ECDSA_SIGNATURE_SIZE = 64
 _ECDSA_PUBLIC_KEY_SIZE = 64
-_PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----")
+_PEM_CERT_RE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----"
+)
 
 
 class TEEType(IntEnum):
@@ -465,7 +467,9 @@ class DCAPQuote:
         """The body as signed (for v5 including its type and size prefix)."""
         raw = self.body.to_bytes()
         if self.header.version == 5:
-            body_type = self.body_type if self.body_type is not None else _default_body_type(self.body)
+            body_type = (
+                self.body_type if self.body_type is not None else _default_body_type(self.body)
+            )
             return body_type.to_bytes(2, "little") + len(raw).to_bytes(4, "little") + raw
         return raw
 
@@ -483,6 +487,63 @@ class DCAPQuote:
     def pck_chain_pem(self) -> bytes | None:
         """The PEM PCK certificate chain, leaf first, if the quote carries one."""
         return self.certification_data.pck_chain_pem
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (hex for bytes) of the fields people look at."""
+        header = self.header
+        out: dict[str, Any] = {
+            "version": header.version,
+            "tee_type": "TDX" if header.tee_type == TEEType.TDX else "SGX",
+            "attestation_key_type": header.attestation_key_type,
+            "qe_svn": header.qe_svn,
+            "pce_svn": header.pce_svn,
+            "qe_vendor_id": header.qe_vendor_id.hex(),
+            "user_data": header.user_data.hex(),
+        }
+        body = self.body
+        if isinstance(body, SGXReportBody):
+            out.update(
+                mr_enclave=body.mr_enclave.hex(),
+                mr_signer=body.mr_signer.hex(),
+                isv_prod_id=body.isv_prod_id,
+                isv_svn=body.isv_svn,
+                attributes=body.attributes.hex(),
+                debug=body.debug,
+                misc_select=body.misc_select,
+                cpu_svn=body.cpu_svn.hex(),
+                config_svn=body.config_svn,
+                report_data=body.report_data.hex(),
+            )
+        else:
+            out.update(
+                body_type=self.body_type,
+                tee_tcb_svn=body.tee_tcb_svn.hex(),
+                mr_seam=body.mr_seam.hex(),
+                mr_td=body.mr_td.hex(),
+                mr_config_id=body.mr_config_id.hex(),
+                mr_owner=body.mr_owner.hex(),
+                mr_owner_config=body.mr_owner_config.hex(),
+                rtmr0=body.rtmr0.hex(),
+                rtmr1=body.rtmr1.hex(),
+                rtmr2=body.rtmr2.hex(),
+                rtmr3=body.rtmr3.hex(),
+                td_attributes=body.td_attributes.hex(),
+                xfam=body.xfam.hex(),
+                debug=body.debug,
+                report_data=body.report_data.hex(),
+            )
+            if body.mr_service_td is not None:
+                out["mr_service_td"] = body.mr_service_td.hex()
+        qe = self.signature_data.qe
+        out["qe_report"] = {
+            "mr_enclave": qe.qe_report.mr_enclave.hex(),
+            "mr_signer": qe.qe_report.mr_signer.hex(),
+            "isv_prod_id": qe.qe_report.isv_prod_id,
+            "isv_svn": qe.qe_report.isv_svn,
+        }
+        out["certification_data_type"] = self.certification_data.cert_type
+        out["quote_length"] = len(self.to_bytes())
+        return out
 
     def to_bytes(self) -> bytes:
         """The quote as bytes (exactly the parsed bytes, without trailing data)."""
@@ -578,10 +639,14 @@ def parse_quote(data: bytes | bytearray | memoryview) -> DCAPQuote:
         if expected is None:
             raise QuoteFormatError(f"unknown quote v5 body type {body_type}")
         if body_size != expected:
-            raise QuoteFormatError(f"body type {body_type} must be {expected} bytes, got {body_size}")
+            raise QuoteFormatError(
+                f"body type {body_type} must be {expected} bytes, got {body_size}"
+            )
         if (body_type == 1) != (header.tee_type == TEEType.SGX):
             raise QuoteFormatError(f"body type {body_type} does not match tee_type")
-        body = SGXReportBody.from_bytes(raw_body) if body_type == 1 else TDReport.from_bytes(raw_body)
+        body = (
+            SGXReportBody.from_bytes(raw_body) if body_type == 1 else TDReport.from_bytes(raw_body)
+        )
     elif header.tee_type == TEEType.SGX:
         body = SGXReportBody.from_bytes(reader.take(SGXReportBody.SIZE, "SGX report body"))
     else:

@@ -81,7 +81,9 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
             raise click.UsageError(f"SEALPOD_LOG_LEVEL: unknown level {level_name!r}")
     else:
         level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -109,5 +111,7 @@ def main(argv: list[str] | None = None) -> Any:
         # A bug, not an input problem: still one line unless --debug.
         if debug:
             raise
-        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug", err=True)
+        click.echo(
+            f"error: internal error ({type(exc).__name__}: {exc}); rerun with --debug", err=True
+        )
         sys.exit(70)

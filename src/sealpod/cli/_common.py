@@ -70,7 +70,7 @@ def parse_time(value: str) -> int:
     return int(parsed.timestamp())
 
 
-class TimeParam(click.ParamType):
+class TimeParam(click.ParamType[int]):
     """``--at TIME``: ISO-8601 or epoch seconds -> epoch seconds."""
 
     name = "TIME"
@@ -84,7 +84,7 @@ class TimeParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class HexParam(click.ParamType):
+class HexParam(click.ParamType[bytes]):
     """A hex string of an exact byte length (``None`` = any length)."""
 
     name = "HEX"
@@ -103,7 +103,11 @@ class HexParam(click.ParamType):
         except ValueError:
             self.fail(f"{value!r} is not hex", param, ctx)
         if self.length is not None and len(raw) != self.length:
-            self.fail(f"expected {self.length} bytes ({2 * self.length} hex digits), got {len(raw)}", param, ctx)
+            self.fail(
+                f"expected {self.length} bytes ({2 * self.length} hex digits), got {len(raw)}",
+                param,
+                ctx,
+            )
         return raw
 
 

@@ -1,0 +1,60 @@
+"""``sealpod quote inspect`` as a user runs it (in-process through the real entry point)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sealpod.cli import main
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc_info:
+        main(args)
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    code = exc_info.value.code
+    return (code if isinstance(code, int) else 0), out, err
+
+
+def test_inspect_json_shows_identity(
+    attestation_vectors: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = json.loads((attestation_vectors / "dcap-qvl-samples" / "expected.json").read_text())[
+        0
+    ]
+    path = attestation_vectors / "dcap-qvl-samples" / expected["quote"]
+    code, out, _ = _run(["quote", "inspect", str(path), "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["mr_enclave"] == expected["quote_fields"]["mr_enclave"]
+    assert data["mr_signer"] == expected["quote_fields"]["mr_signer"]
+    assert data["verified"] is False
+    assert len(data["pck_chain"]) == 3
+
+
+def test_inspect_garbage_is_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.quote"
+    bad.write_bytes(b"\x03\x00\x02\x00" + b"\x00" * 20)
+    code, out, err = _run(["quote", "inspect", str(bad)], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("error: quote truncated")
+
+
+def test_inspect_missing_file_is_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["quote", "inspect", str(tmp_path / "absent")], capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and "cannot read quote" in err
+
+
+def test_inspect_without_argument_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["quote", "inspect"], capsys)
+    assert code == 2
+    assert "Missing argument" in err
