@@ -1,0 +1,61 @@
+"""Intel SGX structures sealpod builds and checks: SIGSTRUCT, MRENCLAVE, enclave signing keys."""
+
+from sealpod.sgx.keys import (
+    SGX_RSA_EXPONENT,
+    SGX_RSA_KEY_BITS,
+    EnclaveSigningKey,
+    mr_signer_from_modulus,
+    write_signing_key,
+)
+from sealpod.sgx.measurement import (
+    EEXTEND_CHUNK_SIZE,
+    PAGE_SIZE,
+    EnclaveMeasurement,
+    SecinfoFlags,
+    measure_blob,
+)
+from sealpod.sgx.sigstruct import (
+    SGX_FLAGS_DEBUG,
+    SGX_FLAGS_MASK_DEFAULT,
+    SGX_FLAGS_MODE64BIT,
+    SGX_MISCSELECT_MASK_DEFAULT,
+    SGX_XFRM_LEGACY,
+    SGX_XFRM_MASK_DEFAULT,
+    SIGSTRUCT,
+    SIGSTRUCT_HEADER,
+    SIGSTRUCT_HEADER2,
+    SIGSTRUCT_LAYOUT,
+    SIGSTRUCT_SIZE,
+    Field,
+    new_sigstruct,
+    sign_sigstruct,
+    verify_sigstruct,
+)
+
+__all__ = [
+    "EEXTEND_CHUNK_SIZE",
+    "PAGE_SIZE",
+    "SGX_FLAGS_DEBUG",
+    "SGX_FLAGS_MASK_DEFAULT",
+    "SGX_FLAGS_MODE64BIT",
+    "SGX_MISCSELECT_MASK_DEFAULT",
+    "SGX_RSA_EXPONENT",
+    "SGX_RSA_KEY_BITS",
+    "SGX_XFRM_LEGACY",
+    "SGX_XFRM_MASK_DEFAULT",
+    "SIGSTRUCT",
+    "SIGSTRUCT_HEADER",
+    "SIGSTRUCT_HEADER2",
+    "SIGSTRUCT_LAYOUT",
+    "SIGSTRUCT_SIZE",
+    "EnclaveMeasurement",
+    "EnclaveSigningKey",
+    "Field",
+    "SecinfoFlags",
+    "measure_blob",
+    "mr_signer_from_modulus",
+    "new_sigstruct",
+    "sign_sigstruct",
+    "verify_sigstruct",
+    "write_signing_key",
+]
