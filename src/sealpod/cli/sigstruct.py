@@ -146,8 +146,7 @@ def _read_sigstruct(path: str) -> bytes:
 @sigstruct.command("inspect")
 @click.argument("sig_file", type=click.Path(dir_okay=False))
 @json_option
-@click.pass_context
-def inspect(ctx: click.Context, sig_file: str, as_json: bool) -> None:
+def inspect(sig_file: str, as_json: bool) -> None:
     """Show a SIGSTRUCT's fields (gramine-sgx-sigstruct-view names) and check its signature.
 
     Exits 1 when the signature (or Q1/Q2, headers, exponent) is invalid.
@@ -168,8 +167,8 @@ def inspect(ctx: click.Context, sig_file: str, as_json: bool) -> None:
             click.echo(f"{name}: {value}")
         click.echo("signature: valid" if error is None else f"signature: INVALID ({error.reason})")
     if error is not None:
-        click.echo(f"error: {error}", err=True)
-        ctx.exit(1)
+        # The CLI entry point turns this into one line on stderr and exit code 1.
+        raise error
 
 
 @sigstruct.command("verify")
@@ -189,9 +188,7 @@ def inspect(ctx: click.Context, sig_file: str, as_json: bool) -> None:
     help="Also require this MRSIGNER.",
 )
 @json_option
-@click.pass_context
 def verify(
-    ctx: click.Context,
     sig_file: str,
     mrenclave: bytes | None,
     mrsigner: bytes | None,
@@ -204,9 +201,7 @@ def verify(
     except VerificationError as exc:
         if as_json:
             emit({"valid": False, "reason": exc.reason, "message": str(exc)}, True)
-        click.echo(f"error: {exc}", err=True)
-        ctx.exit(1)
-        return
+        raise
     result = {
         "valid": True,
         "mr_enclave": checked.mr_enclave.hex(),
