@@ -161,7 +161,6 @@ def test_sign_debug_sets_debug_enclave(run: Runner, key_file: Path, tmp_path: Pa
     sig = tmp_path / "debug.sig"
     result = _sign(run, key_file, sig, "--debug")
     assert result.code == 0, result.err
-    assert "DEBUG" in result.err
     raw = sig.read_bytes()
     assert int.from_bytes(raw[928:936], "little") & 0x2
     data = json.loads(run("sigstruct", "inspect", str(sig), "--json").out)

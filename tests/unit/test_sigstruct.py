@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -166,8 +167,12 @@ def test_defaults_are_gramines_for_a_production_enclave(signed: bytes) -> None:
     assert SIGSTRUCT.from_bytes(signed).debug is False
 
 
-def test_debug_enclave_sets_attribute_bit_1(key: EnclaveSigningKey) -> None:
-    raw = sign_sigstruct(new_sigstruct(mr_enclave=MRENCLAVE, date=DATE, debug=True), key)
+def test_debug_enclave_sets_attribute_bit_1_and_warns(
+    key: EnclaveSigningKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sealpod.sgx.sigstruct"):
+        raw = sign_sigstruct(new_sigstruct(mr_enclave=MRENCLAVE, date=DATE, debug=True), key)
+    assert "DEBUG enclave" in caplog.text
     data = raw.to_bytes()
     assert _le(data, 928, 8) == 0x4 | 0x2
     assert verify_sigstruct(data).debug is True

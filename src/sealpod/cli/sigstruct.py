@@ -125,8 +125,6 @@ def sign(
     """Sign a SIGSTRUCT for MRENCLAVE with an enclave signing key."""
     signing_key = _load_key(key_file)
     day = date.date() if date is not None else dt.datetime.now(dt.UTC).date()
-    if debug_enclave:
-        click.echo("warning: signing a DEBUG enclave; its memory is readable by the host", err=True)
     unsigned = new_sigstruct(
         mr_enclave=mrenclave,
         date=day,

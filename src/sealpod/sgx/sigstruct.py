@@ -306,6 +306,12 @@ def new_sigstruct(
     flags = attribute_flags
     if flags is None:
         flags = SGX_FLAGS_MODE64BIT | (SGX_FLAGS_DEBUG if debug else 0)
+    if flags & SGX_FLAGS_DEBUG:
+        _logger.warning(
+            "SIGSTRUCT for a DEBUG enclave (MRENCLAVE %s): the host can read its memory; "
+            "never use it in production",
+            mr_enclave.hex(),
+        )
     return SIGSTRUCT(
         date_day=bcd_encode(date.day),
         date_month=bcd_encode(date.month),
