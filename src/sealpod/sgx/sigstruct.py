@@ -142,6 +142,9 @@ class SIGSTRUCT:
 
     Parsing (:meth:`from_bytes`) checks only the length; use :func:`verify_sigstruct` on anything
     untrusted. Integers are stored as they sit in the structure (the date fields stay BCD).
+
+    Raises:
+        ValueError: (on construction) a field has the wrong size or does not fit its type.
     """
 
     header: bytes = SIGSTRUCT_HEADER
