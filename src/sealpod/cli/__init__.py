@@ -89,7 +89,14 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``sealpod`` console script."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("SEALPOD_DEBUG") not in (None, "", "0")
+    # Only the global --debug (before the sub-command) turns on tracebacks; sub-commands may
+    # have flags of the same name with another meaning (``sigstruct sign --debug``).
+    leading = []
+    for arg in args:
+        if not arg.startswith("-"):
+            break
+        leading.append(arg)
+    debug = "--debug" in leading or os.environ.get("SEALPOD_DEBUG") not in (None, "", "0")
     try:
         return cli.main(args=args, prog_name="sealpod", standalone_mode=False)
     except click.exceptions.Abort:
