@@ -89,7 +89,7 @@ SIMULATED_ROOT_CA_CN = "sealpod SIMULATED INSECURE SGX Root CA"
 SIMULATED_PLATFORM_CA_CN = "sealpod SIMULATED INSECURE SGX PCK Platform CA"
 SIMULATED_PCK_CN = "sealpod SIMULATED INSECURE SGX PCK Certificate"
 SIMULATED_TCB_SIGNING_CN = "sealpod SIMULATED INSECURE SGX TCB Signing"
-_ORGANIZATION = "sealpod simulation (INSECURE, no memory isolation)"
+_ORGANIZATION = "sealpod simulation (INSECURE: no memory isolation)"
 
 #: Default lifetime of TCB info, QE identity and the CRLs, like Intel's 30 days.
 DEFAULT_COLLATERAL_VALIDITY = 30 * 24 * 3600
