@@ -417,6 +417,7 @@ class SimulatedPlatform:
             qe_vendor_id=INTEL_QE_VENDOR_ID,
             user_data=bytes.fromhex(params.qe_id) + bytes(4),
         )
+        self._header_bytes = self._header.to_bytes()
 
     def __repr__(self) -> str:
         return f"SimulatedPlatform(directory={str(self._directory)!r}, simulated=True)"
@@ -838,7 +839,7 @@ class SimulatedPlatform:
             attributes=attributes,
             cpu_svn=self._pck.cpu_svn if cpu_svn is None else cpu_svn,
         )
-        signed = self._header.to_bytes() + body.to_bytes()
+        signed = self._header_bytes + body.to_bytes()
         signature = ECDSASignatureData(
             signature=_raw_signature(self._keys["attestation.key"], signed),
             attestation_key=self._attestation_public,
