@@ -157,7 +157,7 @@ def test_decrypt_gramine_vector(
     )
     assert code == 0
     assert hashlib.sha256(out.read_bytes()).hexdigest() == vector["plaintext_sha256"]
-    assert json.loads(stdout)["files"][0]["plaintext_sha256"] == vector["plaintext_sha256"]
+    assert json.loads(stdout)["files"][0]["size"] == vector["plaintext_size"]
 
 
 def test_verify_reports_each_tampered_file_and_exits_1(

@@ -300,20 +300,20 @@ def decrypt_file(
     """
     raw_key = fmt.check_key(key)
     expected = None if path is None else os.fsencode(path)
-    digest = hashlib.sha256()
     with _open_input(source) as sealed, _atomic_output(Path(target), mode) as fd:
-        out = os.fdopen(os.dup(fd), "wb")
-        with out:
+        out = FileNodeStore(fd, name=str(target))
+        position = 0
 
-            def emit(view: memoryview) -> None:
-                digest.update(view)
-                out.write(view)
+        def emit(view: memoryview) -> None:
+            nonlocal position
+            out.write(position, view)
+            position += len(view)
 
-            info = _decrypt_stream(
-                raw_key, expected, FileNodeStore(sealed.fileno(), name=str(source)), emit
-            )
+        info = _decrypt_stream(
+            raw_key, expected, FileNodeStore(sealed.fileno(), name=str(source)), emit
+        )
     _logger.info("decrypted %s -> %s (%d bytes)", source, target, info.size)
-    return _with_digest(info, digest)
+    return info
 
 
 def verify_file(
