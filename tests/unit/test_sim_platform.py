@@ -91,6 +91,19 @@ def test_simulated_quote_verifies_under_simulated_root(
     assert report["report_data"] == REPORT_DATA.hex()
 
 
+def test_simulated_quote_passes_dcap_qvl_strict_policy(
+    platform: SimulatedPlatform, good_quote: bytes
+) -> None:
+    verifier = dcap_qvl.QuoteVerifier(platform.root_certificate_der())
+    collateral = dcap_qvl.QuoteCollateralV3.from_json(json.dumps(platform.collateral()))
+    claims = verifier.verify_with_policy(
+        good_quote, collateral, T0 + 60, dcap_qvl.QuotePolicy.strict(T0 + 60)
+    )
+    data = json.loads(claims.to_json())
+    assert data["tcb"]["status"] == "UpToDate"
+    assert data["platform"]["pck"]["dynamic_platform"] == "False"
+
+
 def test_simulated_quote_is_refused_under_intel_root(
     platform: SimulatedPlatform, good_quote: bytes, intel_root: bytes
 ) -> None:
@@ -443,8 +456,13 @@ def test_secrets_are_not_in_repr(platform: SimulatedPlatform) -> None:
 
 
 def test_missing_platform_says_run_sim_init(tmp_path: Path) -> None:
-    with pytest.raises(EnvironmentUnavailableError, match="sealpod sim init"):
+    with pytest.raises(EnvironmentUnavailableError, match="sealpod sim init`"):
         SimulatedPlatform.load(tmp_path / "nowhere")
+
+
+def test_directory_without_platform_says_run_sim_init_force(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentUnavailableError, match="sealpod sim init --force"):
+        SimulatedPlatform.load(tmp_path)
 
 
 def test_existing_platform_is_not_overwritten_without_force(

@@ -581,8 +581,9 @@ class SimulatedPlatform:
         """
         target = Path(directory)
         if not (target / _PLATFORM_FILE).is_file():
+            hint = "`sealpod sim init --force`" if target.exists() else "`sealpod sim init`"
             raise EnvironmentUnavailableError(
-                f"no simulated SGX platform at {target}; run `sealpod sim init` first"
+                f"no simulated SGX platform at {target}; run {hint} first"
             )
 
         def read(name: str) -> bytes:
