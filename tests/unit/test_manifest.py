@@ -353,7 +353,7 @@ def test_relative_file_path_is_refused() -> None:
     data["services"]["web"]["files"]["etc/app.conf"] = "x"
     assert _only_problem(data) == (
         'services.web.files["etc/app.conf"]',
-        '"etc/app.conf" is not an absolute path',
+        "not an absolute path",
     )
 
 
@@ -385,7 +385,7 @@ def test_relative_volume_mount_is_refused() -> None:
     data = _base()
     data["volumes"] = {"data": {}}
     data["services"]["web"]["volumes"] = {"data": "data"}
-    assert _only_problem(data) == ("services.web.volumes.data", '"data" is not an absolute path')
+    assert _only_problem(data) == ("services.web.volumes.data", "not an absolute path")
 
 
 def test_unknown_secret_type_is_refused() -> None:

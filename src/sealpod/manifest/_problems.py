@@ -86,7 +86,10 @@ _PATTERN_MESSAGES = {
     r"^[A-Za-z_][A-Za-z0-9_]*$": (
         "invalid environment variable name (letters, digits and '_', not starting with a digit)"
     ),
-    r"^[0-9a-f]{64}$": "expected 64 hex digits (32 bytes)",
+    r"^[0-9a-fA-F]{64}$": "expected 64 hex digits (32 bytes)",
+    r"^/": "not an absolute path",
+    "-----BEGIN PUBLIC KEY-----": "not a PEM public key (-----BEGIN PUBLIC KEY-----)",
+    "-----BEGIN CERTIFICATE-----": "not a PEM X.509 certificate (-----BEGIN CERTIFICATE-----)",
     r"^INTEL-SA-[0-9]{5}$": "expected an Intel advisory ID like INTEL-SA-00615",
     r"^https://[^\s]+$": "expected an https:// URL",
 }

@@ -222,7 +222,21 @@ def manifest_digest(manifest: Manifest) -> bytes:
     return hashlib.sha256(canonical_json(manifest)).digest()
 
 
+def _close_pattern_properties(node: Any) -> None:
+    # pydantic describes a mapping with constrained keys by "patternProperties" alone, which
+    # lets keys that do not match through; the models refuse them, so the schema must too.
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_pattern_properties(value)
+    elif isinstance(node, list):
+        for item in node:
+            _close_pattern_properties(item)
+
+
 def manifest_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the manifest format."""
     schema = Manifest.model_json_schema(mode="validation")
+    _close_pattern_properties(schema)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": _SCHEMA_ID, **schema}

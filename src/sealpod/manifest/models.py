@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 __all__ = [
     "ACTIONS_BY_RESOURCE",
@@ -66,15 +66,11 @@ _DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _lower_hex(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
 #: A 32-byte measurement (MRENCLAVE, MRSIGNER) as 64 hex digits; stored lower case.
 Hex64 = Annotated[
     str,
-    BeforeValidator(_lower_hex),
-    Field(pattern=r"^[0-9a-f]{64}$", description="32 bytes as 64 hex digits"),
+    Field(pattern=r"^[0-9a-fA-F]{64}$", description="32 bytes as 64 hex digits"),
+    AfterValidator(str.lower),
 ]
 Name = Annotated[str, Field(pattern=_NAME_PATTERN)]
 ServiceName = Annotated[str, Field(pattern=_SERVICE_PATTERN)]
@@ -95,7 +91,7 @@ def _absolute_path(value: str) -> str:
 #: An absolute, normalised path inside the service's file system.
 AbsolutePath = Annotated[
     str,
-    Field(min_length=1, max_length=4096, description="absolute, normalised path"),
+    Field(pattern=r"^/", max_length=4096, description="absolute, normalised path"),
     AfterValidator(_absolute_path),
 ]
 
@@ -206,9 +202,21 @@ def _rsa_public_key_pem(value: str) -> str:
     return value
 
 
-PublicKeyPEM = Annotated[str, AfterValidator(_public_key_pem)]
-CertificatePEM = Annotated[str, AfterValidator(_certificate_pem)]
-RSAPublicKeyPEM = Annotated[str, AfterValidator(_rsa_public_key_pem)]
+PublicKeyPEM = Annotated[
+    str,
+    Field(pattern="-----BEGIN PUBLIC KEY-----", description="PEM SubjectPublicKeyInfo"),
+    AfterValidator(_public_key_pem),
+]
+CertificatePEM = Annotated[
+    str,
+    Field(pattern="-----BEGIN CERTIFICATE-----", description="PEM X.509 certificate"),
+    AfterValidator(_certificate_pem),
+]
+RSAPublicKeyPEM = Annotated[
+    str,
+    Field(pattern="-----BEGIN PUBLIC KEY-----", description="PEM RSA public key"),
+    AfterValidator(_rsa_public_key_pem),
+]
 
 
 def _dns_name(value: str) -> str:

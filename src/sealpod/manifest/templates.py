@@ -657,14 +657,14 @@ def _render(source: str, builtins: _Builtins, secrets: _Secrets, *, reveal: bool
 
 def _text_value(rendered: str) -> str:
     """Environment values and argv items must be UTF-8 text without NUL."""
-    if "\0" in rendered:
-        raise _RenderError("value contains a NUL character")
     try:
         rendered.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise _RenderError(
             "value is not UTF-8 text (binary secret rendered with raw: use hex or base64)"
         ) from exc
+    if "\0" in rendered:
+        raise _RenderError("value contains a NUL character")
     return rendered
 
 
