@@ -255,13 +255,13 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` (it must not exist) with ``mode`` from the start, write and fsync."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(path, mode)  # umask may have narrowed or widened nothing, but be explicit
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(path, mode)  # os.open's mode is filtered by the umask; make it exact
 
 
 def _fsync_dir(path: Path) -> None:
