@@ -97,6 +97,14 @@ _PATTERN_MESSAGES = {
 _MESSAGES_BY_TYPE = {
     "extra_forbidden": "unknown field",
     "missing": "required field is missing",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "bool_type": "expected true or false",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
 }
 
 
