@@ -18,7 +18,6 @@ Invariants of this module:
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from enum import IntEnum
@@ -71,6 +70,11 @@ class CertificationDataType(IntEnum):
     PLATFORM_MANIFEST = 7
 
 
+def _field_values(obj: object, table: FieldTable) -> dict[str, object]:
+    # Shallow reads: dataclasses.asdict deep-copies and dominated quote building time.
+    return {name: getattr(obj, name) for name, _, _ in table}
+
+
 class _Struct:
     """Mixin for frozen dataclasses declared by a field table."""
 
@@ -86,7 +90,7 @@ class _Struct:
     def to_bytes(self) -> bytes:
         """Serialise exactly as laid out in the quote."""
         try:
-            return pack_fields(self.FIELDS, dataclasses.asdict(cast(Any, self)))
+            return pack_fields(self.FIELDS, _field_values(self, self.FIELDS))
         except ValueError as exc:
             raise QuoteFormatError(f"{type(self).__name__}: {exc}") from exc
 
@@ -314,12 +318,11 @@ class TDReport:
 
     def to_bytes(self) -> bytes:
         """Serialise exactly as laid out in the quote."""
-        values = dataclasses.asdict(self)
         table = _TD_REPORT_10_FIELDS
         if self.tee_tcb_svn2 is not None or self.mr_service_td is not None:
             table = (*_TD_REPORT_10_FIELDS, *_TD_REPORT_15_EXTRA)
         try:
-            return pack_fields(table, values)
+            return pack_fields(table, _field_values(self, table))
         except ValueError as exc:
             raise QuoteFormatError(f"TDReport: {exc}") from exc
 
