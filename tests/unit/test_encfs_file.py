@@ -356,3 +356,55 @@ def test_encrypt_bytes_round_trips_any_size(data: bytes, extra: int) -> None:
     blob = encrypt_bytes(KEY, "/r", payload)
     assert len(blob) == readme_host_size(len(payload))
     assert decrypt_bytes(KEY, "/r", blob) == payload
+
+
+# -- the multi-process path of the file helpers ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("parallel") / "plain"
+    path.write_bytes(pattern(3072 + 4096 * 96 * 4 + 999, seed=9))  # five MHT groups
+    return path
+
+
+@pytest.mark.parametrize(("enc_workers", "dec_workers"), [(2, 1), (1, 2), (2, 2)])
+def test_parallel_and_single_process_paths_agree(
+    big_plain: Path, tmp_path: Path, enc_workers: int, dec_workers: int
+) -> None:
+    sealed, back = tmp_path / "sealed", tmp_path / "back"
+    info = encrypt_file(KEY, big_plain, sealed, path="/data/big", workers=enc_workers)
+    blob = sealed.read_bytes()
+    assert len(blob) == readme_host_size(big_plain.stat().st_size) == info.host_size
+    assert decrypt_bytes(KEY, "/data/big", blob) == big_plain.read_bytes()
+    result = decrypt_file(KEY, sealed, back, path="/data/big", workers=dec_workers)
+    assert back.read_bytes() == big_plain.read_bytes()
+    assert result.root_mac == info.root_mac == blob[42:58]
+
+
+@pytest.mark.parametrize(
+    ("node", "reason"),
+    [(0, "encfs_bad_mac"), (98, "encfs_bad_mac"), (300, "encfs_bad_mac"), (-1, "encfs_bad_mac")],
+)
+def test_parallel_decrypt_refuses_a_flipped_node_and_leaves_no_output(
+    big_plain: Path, tmp_path: Path, node: int, reason: str
+) -> None:
+    sealed = tmp_path / "sealed"
+    encrypt_file(KEY, big_plain, sealed, path="/data/big", workers=1)
+    blob = bytearray(sealed.read_bytes())
+    offset = 4096 * node + 100 if node >= 0 else len(blob) - 1
+    blob[offset] ^= 1
+    sealed.write_bytes(blob)
+    with pytest.raises(VerificationError) as info:
+        decrypt_file(KEY, sealed, tmp_path / "out", path="/data/big", workers=2)
+    assert info.value.reason == reason
+    assert not (tmp_path / "out").exists()
+
+
+def test_parallel_decrypt_refuses_a_missing_node(big_plain: Path, tmp_path: Path) -> None:
+    sealed = tmp_path / "sealed"
+    encrypt_file(KEY, big_plain, sealed, path="/data/big", workers=1)
+    sealed.write_bytes(sealed.read_bytes()[:-4096])
+    with pytest.raises(VerificationError) as info:
+        decrypt_file(KEY, sealed, tmp_path / "out", path="/data/big", workers=2)
+    assert info.value.reason == "encfs_truncated"

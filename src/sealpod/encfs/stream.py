@@ -4,6 +4,9 @@ These helpers do not go through :class:`~sealpod.encfs.EncryptedFile`: they walk
 physical order one MHT group (an MHT node and its 96 data nodes, 388 KiB) at a time, with one
 ``read``/``write`` per group and one ``os.urandom`` call per group for the node keys.
 
+Large regular files are shared among worker processes by :func:`encrypt_file` and
+:func:`decrypt_file` (see ``_parallel``); the in-process path below serves the rest.
+
 Encryption keeps the decrypted MHT nodes in memory until the end (an MHT node is finished only
 when its child MHT nodes, which come later in the file, are): about 1% of the plaintext size.
 Decryption keeps the child-entry quarter of MHT nodes whose children are still ahead (at most
@@ -18,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sealpod.encfs import _format as fmt
+from sealpod.encfs._parallel import decrypt_parallel, default_workers, encrypt_parallel, seal_tree
 from sealpod.encfs._store import FileNodeStore, MemoryNodeStore, NodeStore
 from sealpod.errors import ConfigError, VerificationError
 
@@ -98,21 +103,7 @@ def _encrypt_stream(key: bytes, path: bytes, fill: Fill, store: NodeStore) -> En
             size += got
             if got < _GROUP_BYTES:
                 break
-    root_key, root_tag = fmt.ZERO_KEY, fmt.ZERO_TAG
-    keys = os.urandom(fmt.KEY_SIZE * len(mhts))
-    # Children have higher numbers than their parents: seal from the last MHT node back.
-    for index in range(len(mhts) - 1, -1, -1):
-        node_key = keys[index * 16 : index * 16 + 16]
-        ciphertext = aesgcm(node_key).encrypt(iv, bytes(mhts[index]), None)
-        mhts[index] = bytearray()
-        store.write(node * fmt.mht_node_physical(index), memoryview(ciphertext)[:node])
-        if index:
-            parent, entry = fmt.mht_parent(index)
-            mhts[parent][entry : entry + fmt.ENTRY_SIZE] = node_key + ciphertext[node:]
-        else:
-            root_key, root_tag = node_key, ciphertext[node:]
-    metadata, tag = fmt.seal_metadata(key, path, size, root_key, root_tag, bytes(data))
-    store.write(0, metadata)
+    tag = seal_tree(key, path, size, bytes(data), mhts, store)
     return EncryptedFileInfo(
         path=os.fsdecode(path), size=size, root_mac=tag, host_size=fmt.host_size(size)
     )
@@ -121,7 +112,7 @@ def _encrypt_stream(key: bytes, path: bytes, fill: Fill, store: NodeStore) -> En
 def _decrypt_stream(
     key: bytes, expected_path: bytes | None, store: NodeStore, emit: Emit
 ) -> EncryptedFileInfo:
-    aesgcm, iv, node = AESGCM, fmt.ZERO_IV, _NODE
+    aesgcm, iv, node, join = AESGCM, fmt.ZERO_IV, _NODE, b"".join
     length = store.length()
     fmt.check_host_length(length)
     meta = fmt.open_metadata(store.read(0, node), key, expected_path, length)
@@ -159,16 +150,22 @@ def _decrypt_stream(
         offset = 0
         for number in range(count):
             entry = number * 32
-            sealed = raw_view[node + offset : node + offset + node].tobytes()
             try:
-                plain = aesgcm(mht[entry : entry + 16]).decrypt(
-                    iv, sealed + mht[entry + 16 : entry + 32], None
+                aesgcm(mht[entry : entry + 16]).decrypt_into(
+                    iv,
+                    join(
+                        (
+                            raw_view[node + offset : node + offset + node],
+                            mht[entry + 16 : entry + 32],
+                        )
+                    ),
+                    None,
+                    out_view[offset : offset + node],
                 )
             except InvalidTag:
                 raise VerificationError(
                     "encfs_bad_mac", f"data node {first + number} failed authentication"
                 ) from None
-            out_view[offset : offset + node] = plain
             offset += node
         remaining = size - fmt.data_node_start(first)
         emit(out_view[: min(offset, remaining)])
@@ -230,7 +227,7 @@ def decrypt_bytes(
 
 
 @contextlib.contextmanager
-def _atomic_output(target: Path, mode: int) -> Iterator[int]:
+def _atomic_output(target: Path, mode: int) -> Iterator[tuple[int, Path]]:
     """A descriptor on a temporary file beside ``target``, renamed over it on success."""
     tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
     try:
@@ -238,7 +235,7 @@ def _atomic_output(target: Path, mode: int) -> Iterator[int]:
     except OSError as exc:
         raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
     try:
-        yield fd
+        yield fd, tmp
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -266,18 +263,30 @@ def encrypt_file(
     *,
     path: str | bytes,
     mode: int = 0o644,
+    workers: int | None = None,
 ) -> EncryptedFileInfo:
     """Encrypt the plaintext file ``source`` into ``target`` (atomically), bound to ``path``.
+
+    ``workers`` processes share a large regular file (default: by size and CPU count; 1 keeps
+    everything in this process).
 
     Raises:
         ConfigError: bad key or path, unreadable source, unwritable target.
     """
     raw_key, raw_path = fmt.check_key(key), fmt.encode_path(path)
-    with _open_input(source) as plain, _atomic_output(Path(target), mode) as fd:
-        try:
-            info = _encrypt_stream(raw_key, raw_path, _filler(plain), FileNodeStore(fd))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    with _open_input(source) as plain, _atomic_output(Path(target), mode) as (fd, tmp):
+        status = os.fstat(plain.fileno())
+        count = workers if workers is not None else default_workers(status.st_size)
+        if count > 1 and stat.S_ISREG(status.st_mode):
+            size, tag = encrypt_parallel(raw_key, raw_path, str(source), str(tmp), fd, count)
+            info = EncryptedFileInfo(
+                path=os.fsdecode(raw_path), size=size, root_mac=tag, host_size=fmt.host_size(size)
+            )
+        else:
+            try:
+                info = _encrypt_stream(raw_key, raw_path, _filler(plain), FileNodeStore(fd))
+            except OSError as exc:
+                raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from exc
     _logger.info("encrypted %s -> %s (%d bytes)", source, target, info.size)
     return info
 
@@ -289,10 +298,12 @@ def decrypt_file(
     *,
     path: str | bytes | None,
     mode: int = 0o600,
+    workers: int | None = None,
 ) -> EncryptedFileInfo:
     """Authenticate and decrypt ``source`` into ``target`` (atomically; nothing on failure).
 
     ``path`` is the bound path to require; None accepts any (it is in the result).
+    ``workers`` as for :func:`encrypt_file`.
 
     Raises:
         ConfigError: bad key, unreadable source, unwritable target.
@@ -300,18 +311,31 @@ def decrypt_file(
     """
     raw_key = fmt.check_key(key)
     expected = None if path is None else os.fsencode(path)
-    with _open_input(source) as sealed, _atomic_output(Path(target), mode) as fd:
-        out = FileNodeStore(fd, name=str(target))
-        position = 0
+    with _open_input(source) as sealed, _atomic_output(Path(target), mode) as (fd, tmp):
+        status = os.fstat(sealed.fileno())
+        count = workers if workers is not None else default_workers(status.st_size)
+        if count > 1 and stat.S_ISREG(status.st_mode):
+            meta = decrypt_parallel(
+                raw_key, expected, str(source), sealed.fileno(), str(tmp), fd, count
+            )
+            info = EncryptedFileInfo(
+                path=os.fsdecode(meta.path),
+                size=meta.size,
+                root_mac=meta.tag,
+                host_size=status.st_size,
+            )
+        else:
+            out = FileNodeStore(fd, name=str(target))
+            position = 0
 
-        def emit(view: memoryview) -> None:
-            nonlocal position
-            out.write(position, view)
-            position += len(view)
+            def emit(view: memoryview) -> None:
+                nonlocal position
+                out.write(position, view)
+                position += len(view)
 
-        info = _decrypt_stream(
-            raw_key, expected, FileNodeStore(sealed.fileno(), name=str(source)), emit
-        )
+            info = _decrypt_stream(
+                raw_key, expected, FileNodeStore(sealed.fileno(), name=str(source)), emit
+            )
     _logger.info("decrypted %s -> %s (%d bytes)", source, target, info.size)
     return info
 
