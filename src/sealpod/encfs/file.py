@@ -97,6 +97,7 @@ class EncryptedFile:
         self._writable = writable or create
         self._cache_nodes = cache_nodes
         self._cache: OrderedDict[int, _Node] = OrderedDict()
+        self._dirty_nodes = 0  # dirty nodes in the cache (the root is not in it)
         self._failure: VerificationError | None = None
         self._closed = False
         self._fds = on_close or []
@@ -373,6 +374,7 @@ class EncryptedFile:
             )
             if start >= size:
                 del self._cache[physical]
+        self._dirty_nodes = sum(1 for node in self._cache.values() if node.dirty)
         if size <= fmt.METADATA_DATA_SIZE:
             self._root.plain = bytearray(fmt.NODE_SIZE)
             self._root.dirty = False
@@ -482,6 +484,7 @@ class EncryptedFile:
         if node.dirty:
             return
         node.dirty = True
+        self._dirty_nodes += 1
         index = node.index
         parent = fmt.data_parent(index)[0] if node.kind == _DATA else None
         while parent is not None:
@@ -489,6 +492,8 @@ class EncryptedFile:
             if mht.dirty:
                 break
             mht.dirty = True
+            if mht.index:
+                self._dirty_nodes += 1
             parent = fmt.mht_parent(mht.index)[0] if mht.index else None
         self._meta_dirty = True
 
@@ -520,16 +525,16 @@ class EncryptedFile:
     def _trim_cache(self) -> None:
         if len(self._cache) <= self._cache_nodes:
             return
-        for physical in list(self._cache):
-            if len(self._cache) <= self._cache_nodes:
-                return
-            if not self._cache[physical].dirty:
-                del self._cache[physical]
-        if len(self._cache) > self._cache_nodes:
-            # Only dirty nodes left: commit (not durably) so they become evictable.
+        if self._dirty_nodes > self._cache_nodes // 2:
+            # Mostly dirty nodes: commit (not durably) so they become evictable.
             self._commit(durable=False)
-            while len(self._cache) > self._cache_nodes:
-                self._cache.popitem(last=False)
+        cache = self._cache
+        while len(cache) > self._cache_nodes:
+            physical, node = next(iter(cache.items()))
+            if node.dirty:
+                cache.move_to_end(physical)  # never evicted; at most half the cache
+            else:
+                del cache[physical]
 
     def _commit(self, *, durable: bool) -> None:
         if not self.dirty:
@@ -576,6 +581,7 @@ class EncryptedFile:
             self._store.sync()
         for node in dirty:
             node.dirty = False
+        self._dirty_nodes = 0
         self._root.dirty = False
         self._meta_dirty = False
         self._root_mac = tag
