@@ -764,6 +764,25 @@ def test_every_reference_problem_is_reported_at_once() -> None:
     }
 
 
+def test_reference_problems_are_reported_with_schema_problems() -> None:
+    data = _base()
+    data["users"] = {"alice": {"certificate": "not a certificate"}}
+    data["services"]["web"]["env"]["DB_URL"] = "{{ secrets.db | raw }}"
+    data["services"]["web"]["package"] = "api"
+    assert _problems(data) == [
+        ("users.alice.certificate", "not a PEM X.509 certificate (-----BEGIN CERTIFICATE-----)"),
+        ("services.web.package", 'unknown package "api"'),
+        ("services.web.env.DB_URL", 'unknown secret "db"'),
+    ]
+
+
+def test_consequences_of_a_broken_entry_are_not_reported() -> None:
+    # db_key is broken; "unknown secret db_key" in services.web.env.DB_KEY would be noise.
+    data = _base()
+    data["secrets"]["db_key"]["size"] = "256"
+    assert _only_problem(data) == ("secrets.db_key.size", "expected an integer")
+
+
 def test_warnings_name_insecure_settings() -> None:
     data = _base()
     data["policy"] = {"allow_simulation": True}

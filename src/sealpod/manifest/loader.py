@@ -151,22 +151,91 @@ class CheckResult:
         return not self.problems
 
 
-def check_manifest(data: Any) -> CheckResult:
-    """Run every check on parsed manifest data and collect all problems (never raises)."""
-    if not isinstance(data, Mapping):
-        kind = "empty" if data is None else type(data).__name__
-        return CheckResult(None, (ManifestProblem((), f"a manifest is a mapping, not {kind}"),), ())
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as exc:
-        return CheckResult(None, tuple(sorted_unique(problems_from_pydantic(exc))), ())
+def _semantic_problems(manifest: Manifest) -> list[ManifestProblem]:
+    """Cross-references, static template checks and the dry run of a schema-valid manifest."""
     problems = reference_problems(manifest)
     static = template_problems(manifest)
     # A template with static problems is not worth rendering: its dry-run failure would only
     # repeat them.
     broken = {problem.loc for problem in static}
     dynamic = [problem for problem in dry_run_problems(manifest) if problem.loc not in broken]
-    problems = sorted_unique([*problems, *static, *dynamic])
+    return [*problems, *static, *dynamic]
+
+
+_ENTRY_SECTIONS: Final = frozenset({"packages", "services", "secrets", "users", "roles", "volumes"})
+_OPTIONAL_SECTIONS: Final = frozenset({"recovery", "governance", "policy"})
+
+
+def _salvage(
+    data: Mapping[str, Any], schema_problems: list[ManifestProblem]
+) -> tuple[Manifest | None, set[tuple[str | int, ...]]]:
+    """Drop the entries with schema problems; validate what is left.
+
+    Returns the partial manifest (or ``None`` when nothing sensible remains) and the locations
+    dropped, so that the later checks can still report problems elsewhere in the document.
+    """
+    salvaged: dict[str, Any] = {
+        key: dict(value) if key in _ENTRY_SECTIONS and isinstance(value, Mapping) else value
+        for key, value in data.items()
+    }
+    dropped: set[tuple[str | int, ...]] = set()
+    for problem in schema_problems:
+        loc = problem.loc
+        if not loc or not isinstance(loc[0], str):
+            return None, dropped
+        section = loc[0]
+        if section in _ENTRY_SECTIONS and len(loc) >= 2 and isinstance(salvaged.get(section), dict):
+            salvaged[section].pop(loc[1], None)
+            dropped.add(loc[:2])
+        elif section in _ENTRY_SECTIONS or section in _OPTIONAL_SECTIONS:
+            salvaged.pop(section, None)
+            dropped.add((section,))
+        elif section == "version":
+            salvaged["version"] = 1
+        else:  # an unknown top-level field
+            salvaged.pop(section, None)
+    try:
+        return Manifest.model_validate(salvaged), dropped
+    except ValidationError:
+        return None, dropped
+
+
+def _involves(problem: ManifestProblem, dropped: set[tuple[str | int, ...]]) -> bool:
+    """Whether ``problem`` may only be a consequence of dropping ``dropped`` entries."""
+    if problem.loc[:1] in dropped or problem.loc[:2] in dropped:
+        return True
+    dropped_sections = {loc[0] for loc in dropped}
+    if problem.loc[:1] == ("governance",) and dropped_sections & {"users", "roles"}:
+        return True
+    for loc in dropped:
+        # A whole section was dropped: "unknown secret" and the like may be false alarms.
+        singular = str(loc[0]).removesuffix("s")
+        if len(loc) == 1 and f'unknown {singular} "' in problem.message:
+            return True
+    names = {str(loc[1]) for loc in dropped if len(loc) > 1}
+    return any(f'"{name}"' in problem.message for name in names)
+
+
+def check_manifest(data: Any) -> CheckResult:
+    """Run every check on parsed manifest data and collect all problems (never raises).
+
+    When the document has schema problems, the entries that have them are set aside and the
+    later checks run on the rest, so that one pass reports as much as it can; problems that
+    could only be consequences of the entries set aside are left out.
+    """
+    if not isinstance(data, Mapping):
+        kind = "empty" if data is None else type(data).__name__
+        return CheckResult(None, (ManifestProblem((), f"a manifest is a mapping, not {kind}"),), ())
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        schema_problems = problems_from_pydantic(exc)
+        partial, dropped = _salvage(data, schema_problems)
+        more = []
+        if partial is not None:
+            more = [p for p in _semantic_problems(partial) if not _involves(p, dropped)]
+        return CheckResult(None, tuple(sorted_unique([*schema_problems, *more])), ())
+    problems = sorted_unique(_semantic_problems(manifest))
     if problems:
         return CheckResult(None, tuple(problems), ())
     return CheckResult(manifest, (), tuple(manifest_warnings(manifest)))
