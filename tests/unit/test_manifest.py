@@ -800,3 +800,30 @@ def test_manifest_model_validate_alone_skips_cross_checks() -> None:
     assert Manifest.model_validate(data).services["web"].package == "nope"
     with pytest.raises(ManifestValidationError):
         validate_manifest(data)
+
+
+# --- access questions ------------------------------------------------------------------------
+
+
+def test_user_is_allowed_follows_roles() -> None:
+    from sealpod.manifest import manifest_updaters, user_is_allowed
+
+    manifest = load_manifest(DATA / "full.yaml")
+    assert user_is_allowed(manifest, "alice", "secrets", "write", "api_token")
+    assert user_is_allowed(manifest, "alice", "secrets", "read", "api_token")
+    assert user_is_allowed(manifest, "carol", "packages", "update", "db")
+    assert user_is_allowed(manifest, "carol", "volumes", "reset", "dbdata")
+    assert user_is_allowed(manifest, "bob", "manifest", "update")
+    assert manifest_updaters(manifest) == ["alice", "bob", "carol"]
+
+
+def test_user_without_the_role_is_not_allowed() -> None:
+    from sealpod.manifest import user_is_allowed
+
+    manifest = load_manifest(DATA / "full.yaml")
+    assert not user_is_allowed(manifest, "bob", "secrets", "write", "api_token")
+    assert not user_is_allowed(manifest, "alice", "secrets", "write", "db_key")
+    assert not user_is_allowed(manifest, "alice", "secrets", "write", None)
+    assert not user_is_allowed(manifest, "carol", "packages", "update", "api")
+    assert not user_is_allowed(manifest, "mallory", "manifest", "update")
+    assert not user_is_allowed(manifest, "alice", "manifest", "delete")

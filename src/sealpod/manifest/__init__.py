@@ -10,6 +10,7 @@ See ``docs/manifest.md`` for the format.
 """
 
 from sealpod.manifest._problems import ManifestProblem, ManifestValidationError, format_path
+from sealpod.manifest.access import manifest_updaters, user_is_allowed
 from sealpod.manifest.loader import (
     MAX_MANIFEST_BYTES,
     CheckResult,
@@ -83,8 +84,10 @@ __all__ = [
     "load_manifest",
     "manifest_digest",
     "manifest_json_schema",
+    "manifest_updaters",
     "parse_manifest_document",
     "render_service",
     "secrets_referenced",
+    "user_is_allowed",
     "validate_manifest",
 ]

@@ -8,6 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sealpod.manifest._problems import Loc, ManifestProblem
+from sealpod.manifest.access import manifest_updaters
 from sealpod.manifest.models import (
     ACTIONS_BY_RESOURCE,
     RESERVED_ISSUER,
@@ -250,16 +251,6 @@ def _users_and_roles(manifest: Manifest) -> Iterator[ManifestProblem]:
                     (*loc, "names", index),
                     f'volume "{item}" is not rollback-protected: nothing to reset',
                 )
-
-
-def manifest_updaters(manifest: Manifest) -> list[str]:
-    """Users holding a role with ``update`` on the manifest."""
-    updater_roles = {
-        name
-        for name, role in manifest.roles.items()
-        if role.resource == "manifest" and "update" in role.actions
-    }
-    return [name for name, user in manifest.users.items() if updater_roles & set(user.roles)]
 
 
 def _thresholds(manifest: Manifest) -> Iterator[ManifestProblem]:
