@@ -76,14 +76,14 @@ class EncryptedFile:
         writable: bool = False,
         cache_nodes: int = _DEFAULT_CACHE_NODES,
         expected_root_mac: bytes | None = None,
-        on_close: list[int] | None = None,
+        owned_fd: int | None = None,
     ) -> None:
         """Open (or with ``create`` initialise) the encrypted file held by ``store``.
 
         ``path`` is the bound path: written into a new file, compared byte for byte with the
         one in an existing file; None (opening only) accepts any bound path, which is then in
         :attr:`path`. ``expected_root_mac`` refuses a file whose root MAC differs (a rolled-back
-        or replaced file).
+        or replaced file). ``owned_fd`` is closed with the handle.
 
         Raises:
             ConfigError: bad key, bound path, cache size; ``create`` without a path.
@@ -100,7 +100,7 @@ class EncryptedFile:
         self._dirty_nodes = 0  # dirty nodes in the cache (the root is not in it)
         self._failure: VerificationError | None = None
         self._closed = False
-        self._fds = on_close or []
+        self._fds = [] if owned_fd is None else [owned_fd]
         self._root = _Node(_MHT, 0, fmt.mht_node_physical(0), bytearray(fmt.NODE_SIZE))
         if create:
             if path is None:
@@ -160,7 +160,7 @@ class EncryptedFile:
                 writable=writable,
                 cache_nodes=cache_nodes,
                 expected_root_mac=expected_root_mac,
-                on_close=[fd],
+                owned_fd=fd,
             )
         except BaseException:
             os.close(fd)
@@ -190,7 +190,7 @@ class EncryptedFile:
                 path=path,
                 create=True,
                 cache_nodes=cache_nodes,
-                on_close=[fd],
+                owned_fd=fd,
             )
         except BaseException:
             os.close(fd)
@@ -574,11 +574,14 @@ class EncryptedFile:
             self._key, self._path, self._size, self._root_key, self._root_tag, bytes(self._data)
         )
         self._store.write(0, node0)
-        needed = fmt.host_size(self._size)
-        if self._store.length() > needed:
-            self._store.truncate(needed)
         if durable:
             self._store.sync()
+        needed = fmt.host_size(self._size)
+        if self._store.length() > needed:
+            # Only after the metadata no longer names the nodes that go.
+            self._store.truncate(needed)
+            if durable:
+                self._store.sync()
         for node in dirty:
             node.dirty = False
         self._dirty_nodes = 0
