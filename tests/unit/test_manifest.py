@@ -5,10 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sealpod.errors import ConfigError, ManifestError
 from sealpod.manifest import (
@@ -827,3 +831,23 @@ def test_user_without_the_role_is_not_allowed() -> None:
     assert not user_is_allowed(manifest, "carol", "packages", "update", "api")
     assert not user_is_allowed(manifest, "mallory", "manifest", "update")
     assert not user_is_allowed(manifest, "alice", "manifest", "delete")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_digest_is_stable_under_any_key_order(rng: random.Random) -> None:
+    document = yaml.safe_load((DATA / "full.yaml").read_text())
+
+    def shuffled(node: Any) -> Any:
+        if isinstance(node, dict):
+            keys = list(node)
+            rng.shuffle(keys)
+            return {key: shuffled(node[key]) for key in keys}
+        if isinstance(node, list):
+            return [shuffled(item) for item in node]  # list order is meaningful: kept
+        return node
+
+    assert manifest_digest(validate_manifest(shuffled(document))) == _FULL_DIGEST
+
+
+_FULL_DIGEST = manifest_digest(load_manifest(DATA / "full.yaml"))

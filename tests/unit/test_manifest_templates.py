@@ -358,6 +358,17 @@ def test_secret_concatenated_without_filter_is_refused() -> None:
     assert message == "a symmetric-key secret is not text: use a filter (pem, hex, base64 or raw)"
 
 
+def test_list_without_filter_is_refused() -> None:
+    assert _problem("{{ [secrets.db_key | hex] }}") == (
+        "services.web.env.V",
+        "a list is not text: use the tojson or join filter",
+    )
+
+
+def test_list_with_join_renders(pki: PKI) -> None:
+    assert _render_env(pki, '{{ [sealpod.service, sealpod.instance] | join(",") }}') == "web,web-7"
+
+
 def test_raw_of_binary_key_in_env_is_refused_by_dry_run() -> None:
     path, message = _problem("{{ secrets.db_key | raw }}")
     assert path == "services.web.env.V"

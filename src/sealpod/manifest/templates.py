@@ -443,8 +443,13 @@ class _Undefined(StrictUndefined):
 def _finalize(value: object) -> object:
     _require_defined(value)
     # Every {{ ... }} result passes here: only plain values may be printed without a filter.
-    if isinstance(value, str | int | float | bool | type(None) | list | tuple | dict):
+    if isinstance(value, str | int | float | bool | type(None)):
         return value
+    if isinstance(value, list | tuple | dict):
+        # Python's repr of a container is not a configuration format.
+        raise TemplateValueError(
+            f"a {type(value).__name__} is not text: use the tojson or join filter"
+        )
     _no_text(value)
 
 
