@@ -57,13 +57,15 @@ class EncryptedFileInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (MAC in hex)."""
-        return {
+        data: dict[str, Any] = {
             "bound_path": self.path,
             "size": self.size,
             "host_size": self.host_size,
             "root_mac": self.root_mac.hex(),
-            "plaintext_sha256": self.plaintext_sha256,
         }
+        if self.plaintext_sha256 is not None:
+            data["plaintext_sha256"] = self.plaintext_sha256
+        return data
 
 
 # -- cores --------------------------------------------------------------------------------
