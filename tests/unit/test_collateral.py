@@ -241,3 +241,15 @@ def test_pcs_garbage_crl_is_refused(go_tdx: Path) -> None:
     with pytest.raises(VerificationError) as info:
         Collateral.from_pcs_responses(**kwargs)
     assert "pck_crl" in str(info.value)
+
+
+def test_model_copy_validates(sgx_mapping: dict[str, Any]) -> None:
+    collateral = Collateral.from_mapping(sgx_mapping)
+    with pytest.raises(VerificationError) as info:
+        collateral.model_copy(update={"tcb_info": "{}"})
+    assert "tcb_info" in str(info.value)
+    other = json.loads(collateral.tcb_info)
+    other["fmspc"] = "00" * 6
+    copied = collateral.model_copy(update={"tcb_info": json.dumps(other)})
+    assert copied.fmspc == "000000000000"
+    assert collateral.fmspc != copied.fmspc

@@ -233,3 +233,14 @@ def test_sgx_rules_refuse_tdx_evidence_and_back() -> None:
     _refused(AppraisalPolicy(mrenclave=(MRENCLAVE,)), _tdx(), "tee_mismatch")
     _refused(AppraisalPolicy(mr_td=MRTD), _sgx(), "tee_mismatch")
     _refused(AppraisalPolicy(tee="tdx"), _sgx(), "tee_mismatch")
+
+
+def test_model_copy_validates_and_rederives() -> None:
+    """A copy with new identity rules must not keep the old policy's derived state."""
+    base = AppraisalPolicy()
+    base.appraise(_sgx())  # derives "no identity rules"
+    tdx_only = base.model_copy(update={"mr_td": MRTD})
+    _refused(tdx_only, _sgx(), "tee_mismatch")
+    with pytest.raises(ValueError, match="mrenclave"):
+        base.model_copy(update={"mrenclave": (b"short",)})
+    assert base.model_copy() is base

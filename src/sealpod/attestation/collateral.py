@@ -27,9 +27,10 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import unquote
 
 import dcap_qvl
@@ -247,6 +248,18 @@ def _decode_signature(value: str, field: str) -> bytes:
     return raw
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """Values derived from the collateral once (see ``Collateral._facts``)."""
+
+    fmspc: str
+    tee: Literal["sgx", "tdx"]
+    tcb_evaluation_data_number: int | None
+    validity: Mapping[str, CollateralValidity]
+    not_before: int
+    not_after: int
+
+
 class Collateral(BaseModel):
     """Quote collateral: the fields of dcap-qvl's ``QuoteCollateralV3``.
 
@@ -301,10 +314,27 @@ class Collateral(BaseModel):
             raise _malformed("tcb_info.id", f"unknown id {self._tcb_info_json.get('id')!r}")
         self._pck_crl_validity = crl_validity(self.pck_crl, "pck_crl")
         self._root_ca_crl_validity = crl_validity(self.root_ca_crl, "root_ca_crl")
-        items = self.validity.values()
+        items = (
+            self._tcb_info_validity,
+            self._qe_identity_validity,
+            self._pck_crl_validity,
+            self._root_ca_crl_validity,
+        )
         self._not_before = max(item.issued for item in items)
         self._not_after = min(item.next_update for item in items)
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied and validated again.
+
+        pydantic's default copies without validation (and would keep values derived from the
+        old fields); this one builds a new, checked object.
+        """
+        if not update:
+            return self  # immutable: sharing is a copy
+        data = self.model_dump()
+        data.update(update)
+        return self.model_validate(data)
 
     def __repr__(self) -> str:
         return (
@@ -486,50 +516,66 @@ class Collateral(BaseModel):
 
     # -- facts -----------------------------------------------------------------------------
 
+    @cached_property
+    def _facts(self) -> _Facts:
+        # Read once from the private attributes (pydantic serves those through a slow
+        # __getattr__); later reads are plain instance-dict lookups, which keeps the per-quote
+        # cost of verify_quote low.
+        tcb_info = self._tcb_info_json
+        evaluation = tcb_info.get("tcbEvaluationDataNumber")
+        return _Facts(
+            fmspc=str(tcb_info["fmspc"]).upper(),
+            tee="tdx" if tcb_info.get("id") == "TDX" else "sgx",
+            tcb_evaluation_data_number=evaluation if isinstance(evaluation, int) else None,
+            validity={
+                "tcb_info": self._tcb_info_validity,
+                "qe_identity": self._qe_identity_validity,
+                "pck_crl": self._pck_crl_validity,
+                "root_ca_crl": self._root_ca_crl_validity,
+            },
+            not_before=self._not_before,
+            not_after=self._not_after,
+        )
+
     @property
     def fmspc(self) -> str:
         """The FMSPC the TCB info is for (upper-case hex, 12 digits)."""
-        return str(self._tcb_info_json["fmspc"]).upper()
+        return self._facts.fmspc
 
     @property
     def tee(self) -> Literal["sgx", "tdx"]:
         """Which TEE the TCB info is for (TCB info v2 has no ``id``: SGX)."""
-        return "tdx" if self._tcb_info_json.get("id") == "TDX" else "sgx"
+        return self._facts.tee
 
     @property
     def tcb_evaluation_data_number(self) -> int | None:
         """The TCB info's ``tcbEvaluationDataNumber`` (None if absent)."""
-        value = self._tcb_info_json.get("tcbEvaluationDataNumber")
-        return value if isinstance(value, int) else None
+        return self._facts.tcb_evaluation_data_number
 
     @property
     def validity(self) -> dict[str, CollateralValidity]:
         """Each item's validity window: tcb_info, qe_identity, pck_crl, root_ca_crl."""
-        return {
-            "tcb_info": self._tcb_info_validity,
-            "qe_identity": self._qe_identity_validity,
-            "pck_crl": self._pck_crl_validity,
-            "root_ca_crl": self._root_ca_crl_validity,
-        }
+        return dict(self._facts.validity)
 
     @property
     def not_before(self) -> int:
         """The latest ``issueDate``/``thisUpdate``: before it some item is not yet issued."""
-        return self._not_before
+        return self._facts.not_before
 
     @property
     def not_after(self) -> int:
         """The earliest ``nextUpdate``: from then on some item has expired."""
-        return self._not_after
+        return self._facts.not_after
 
     def expired_or_early_item(self, at: int) -> tuple[str, str] | None:
         """Which item makes ``at`` fall outside the window, as (reason, message), or None.
 
         ``reason`` is ``collateral_not_yet_valid`` or ``collateral_expired``.
         """
-        if self._not_before <= at < self._not_after:
+        facts = self._facts
+        if facts.not_before <= at < facts.not_after:
             return None
-        for name, item in self.validity.items():
+        for name, item in facts.validity.items():
             if at < item.issued:
                 return "collateral_not_yet_valid", f"{name} is issued after the verification time"
             if at >= item.next_update:

@@ -26,8 +26,9 @@ import hmac
 import json
 import logging
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -149,16 +150,28 @@ class AppraisalPolicy(BaseModel):
             raise ValueError(f"identity rules do not match tee={self.tee!r}")
         return self
 
-    @property
+    @cached_property
     def _wants_sgx(self) -> bool:
         return self.mrenclave is not None or self.mrsigner is not None or self.min_isv_svn > 0
 
-    @property
+    @cached_property
     def _wants_tdx(self) -> bool:
         return any(
             value is not None
             for value in (self.mr_td, self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
         )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied and validated again.
+
+        pydantic's default copies without validation (and would keep values derived from the
+        old fields); this one builds a new, checked object.
+        """
+        if not update:
+            return self  # immutable: sharing is a copy
+        data = self.model_dump()
+        data.update(update)
+        return self.model_validate(data)
 
     # -- loading ---------------------------------------------------------------------------
 

@@ -73,6 +73,15 @@ class TrustRoot:
     is_intel: bool
     #: The base64 of the DER, to find the root in a quote's PEM chain without parsing it.
     b64: bytes = field(repr=False)
+    #: One full 64-character line of the root's PEM: a fast first check for the same.
+    pem_line: bytes = field(repr=False)
+
+    def in_chain(self, chain_pem: bytes) -> bool:
+        """Whether the PEM chain contains this certificate (any line width)."""
+        if self.pem_line in chain_pem:
+            return True
+        flat = chain_pem.replace(b"\n", b"").replace(b"\r", b"")
+        return self.b64 in flat
 
 
 def _trust_root_from_der(der: bytes) -> TrustRoot:
@@ -88,12 +97,15 @@ def _parse_trust_root(der: bytes) -> TrustRoot:
     except ValueError as exc:
         raise ConfigError(f"trust root is not a DER X.509 certificate: {exc}") from exc
     digest = hashlib.sha256(der).digest()
+    b64 = base64.b64encode(der)
     return TrustRoot(
         der=der,
         sha256=digest,
         subject=cert.subject.rfc4514_string(),
         is_intel=digest == INTEL_ROOT_CA_SHA256,
-        b64=base64.b64encode(der),
+        b64=b64,
+        # The last full line of the standard 64-column PEM wrapping (in the signature).
+        pem_line=b64[(len(b64) // 64 - 1) * 64 : (len(b64) // 64) * 64],
     )
 
 
@@ -257,11 +269,11 @@ def _one_line(message: str) -> str:
     return f"{text} ({'; '.join(causes)})" if causes else text
 
 
-def _verification_error(exc: ValueError, root: TrustRoot, chain_flat: bytes) -> VerificationError:
+def _verification_error(exc: ValueError, root: TrustRoot, chain: bytes) -> VerificationError:
     message = str(exc)
     reason = _reason_for(message)
     text = _one_line(message)
-    if reason in _ROOT_SENSITIVE and root.b64 not in chain_flat:
+    if reason in _ROOT_SENSITIVE and not root.in_chain(chain):
         reason = "untrusted_root"
         text = f"the quote's PCK chain does not end in the pinned root {root.subject} ({text})"
     return VerificationError(reason, text)
@@ -327,9 +339,12 @@ def verify_quote(
         if simulated_root.sha256 != roots[0].sha256:
             roots.append(simulated_root)
     chain = parsed.pck_chain_pem or b""
-    chain_flat = chain.replace(b"\n", b"").replace(b"\r", b"")
-    named = [root for root in roots if root.b64 in chain_flat]
-    candidates = named[:1] or roots
+    # Verify under the root the quote's chain ends in (cheap check; dcap-qvl does the real one),
+    # else try each root in turn. Which root verified decides `simulated`.
+    candidates = roots
+    if len(roots) > 1:
+        named = [root for root in roots if root.in_chain(chain)]
+        candidates = named[:1] or roots
 
     if isinstance(collateral, Collateral):
         # dcap-qvl checks every nextUpdate but not every issue date (e.g. a PCK CRL whose
@@ -347,7 +362,7 @@ def verify_quote(
         try:
             report = dcap_qvl.verify_with_root_ca(raw, dcap_collateral, root.der, at)
         except ValueError as exc:
-            error = _verification_error(exc, root, chain_flat)
+            error = _verification_error(exc, root, chain)
             if first_error is None:
                 first_error = error
                 first_error.__cause__ = exc
