@@ -485,6 +485,13 @@ def test_percent_string_formatting_is_refused() -> None:
     assert "string formatting" in message
 
 
+def test_deeply_nested_template_is_refused_not_crashing() -> None:
+    assert _problem("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}") == (
+        "services.web.env.V",
+        "template is nested too deeply",
+    )
+
+
 def test_huge_output_is_refused(pki: PKI) -> None:
     piece = '{{ "' + "x" * 64 + '" * 64 }}'  # 4096 characters per expression
     template = piece * 300  # 1.2 MiB of output from a 10 KiB template

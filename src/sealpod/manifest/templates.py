@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 from cryptography.x509.oid import NameOID
-from jinja2 import TemplateError, nodes
+from jinja2 import Template, TemplateError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, StrictUndefined, Undefined
 from jinja2.sandbox import SandboxedEnvironment
@@ -521,9 +521,18 @@ class _Analysis:
 
 
 def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
-    yield node
-    for child in node.iter_child_nodes():
-        yield from _walk(child)
+    # Iterative: a template's syntax tree can be as deep as the template is long.
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(list(current.iter_child_nodes())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> Template:
+    # Templates are immutable once compiled and safe to share between threads.
+    return _environment().from_string(source)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -536,6 +545,8 @@ def _analyse(source: str) -> _Analysis:
         line = getattr(exc, "lineno", None)
         where = f" (line {line})" if line else ""
         return _Analysis((f"template syntax error{where}: {exc.message}",), frozenset())
+    except RecursionError:
+        return _Analysis(("template is nested too deeply",), frozenset())
     problems: list[str] = []
     for node in _walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
@@ -632,12 +643,11 @@ class _RenderError(Exception):
 
 def _render(source: str, builtins: _Builtins, secrets: _Secrets, *, reveal: bool) -> str:
     """Render one template; ``reveal`` allows third-party error text (stand-in values only)."""
-    env = _environment()
     analysis = _analyse(source)
     if analysis.problems:
         raise _RenderError(analysis.problems[0])
     try:
-        template = env.from_string(source)
+        template = _compiled(source)
         chunks: list[str] = []
         size = 0
         for chunk in template.generate(sealpod=builtins, secrets=secrets):
