@@ -271,3 +271,31 @@ def test_random_access_writer_output_follows_the_layout() -> None:
     assert len(store.buffer) == 4096 * (1 + (96 * 2 + 8) + 3)
     path, plain, _ = reference_decrypt(key, bytes(store.buffer))
     assert (path, plain) == (b"/rw", bytes(model))
+
+
+def test_format_1_file_is_read_by_shifting(encrypted_files_vectors: Path) -> None:
+    # README: a 1.x header has no feature-flags byte, so its encrypted record starts at 58.
+    vector = next(v for v in _vectors(encrypted_files_vectors) if v["file"] == "f_7169.bin")
+    blob = (encrypted_files_vectors / vector["file"]).read_bytes()
+    legacy = blob[:8] + b"\x01" + blob[9:58] + blob[59:3943] + bytes(154) + blob[4096:]
+    key = bytes.fromhex(vector["key_hex"])
+    assert decrypt_bytes(key, vector["embedded_path"], legacy) == plaintext(7169)
+    store = MemoryNodeStore(legacy)
+    with EncryptedFile.from_store(store, key, path=vector["embedded_path"], writable=True) as f:
+        assert f.read(0, 10) == plaintext(7169)[:10]
+    # Committing rewrites the header as format 2.0 (what Gramine's reader does too).
+    assert store.buffer[8] == 2
+    assert reference_decrypt(key, bytes(store.buffer))[1] == plaintext(7169)
+
+
+def test_pending_write_flag_is_read_with_a_warning(
+    encrypted_files_vectors: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    vector = next(
+        v for v in _vectors(encrypted_files_vectors) if v["file"].endswith("flags_pending.bin")
+    )
+    assert vector["expected"] == "ok"
+    blob = (encrypted_files_vectors / vector["file"]).read_bytes()
+    result = decrypt_bytes(bytes.fromhex(vector["key_hex"]), None, blob)
+    assert hashlib.sha256(result).hexdigest() == _expected_digest(vector)
+    assert "pending-write" in caplog.text

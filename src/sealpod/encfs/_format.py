@@ -20,6 +20,7 @@ against the vectors in ``../shared/encrypted-files-vectors`` (written by ``grami
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from sealpod.errors import ConfigError, VerificationError
+
+_logger = logging.getLogger(__name__)
 
 NODE_SIZE: Final = 4096
 KEY_SIZE: Final = 16
@@ -50,6 +53,7 @@ FILE_ID: Final = 0x46505F5346415247  # b"GRAFS_PF" little-endian
 FILE_ID_BYTES: Final = FILE_ID.to_bytes(8, "little")
 MAJOR_VERSION: Final = 2
 MINOR_VERSION: Final = 0
+_FLAG_PENDING_WRITE: Final = 0x01
 #: Major version 1 has no feature-flags byte: its encrypted record starts one byte earlier.
 LEGACY_MAJOR_VERSION: Final = 1
 
@@ -297,6 +301,10 @@ def open_metadata(
             "encfs_path_mismatch",
             f"file is bound to {os.fsdecode(path)!r}, opened as {os.fsdecode(expected_path)!r}",
         )
+    if flags & _FLAG_PENDING_WRITE:
+        # Gramine sets it while a write with a recovery journal is in flight; like
+        # gramine-sgx-pf-crypt we read the committed state (it is authenticated either way).
+        _logger.warning("encrypted file has the pending-write flag set; reading it as is")
     needed = host_node_count(size)
     available = host_length // NODE_SIZE
     if needed > available:

@@ -63,7 +63,9 @@ class EncryptedFile:
     """One encrypted file, opened for reading or reading and writing.
 
     Use :meth:`open` (an existing host file), :meth:`create` (a new one) or
-    :meth:`from_store`; close it (or use ``with``) to commit.
+    :meth:`from_store`; close it (or use ``with``) to commit. A handle is not thread-safe:
+    callers that share one (a FUSE server) serialise their calls. Only one writable handle
+    may exist per host file.
     """
 
     def __init__(
