@@ -274,6 +274,13 @@ def test_yaml_merge_key_is_refused() -> None:
         load_manifest("a: {x: 1}\nb:\n  <<: {y: 2}\n")
 
 
+@pytest.mark.parametrize("opener", ["a: [", '{"a": ['])
+def test_deeply_nested_document_is_refused(opener: str) -> None:
+    text = opener + "[" * 100_000 + "]" * 100_000 + ("]" if opener.startswith("a") else "]}")
+    with pytest.raises(ManifestValidationError, match="nested too deeply"):
+        load_manifest(text)
+
+
 def test_non_mapping_document_is_refused() -> None:
     with pytest.raises(ManifestValidationError, match="a manifest is a mapping, not list"):
         load_manifest("- 1\n- 2\n")

@@ -118,6 +118,13 @@ def parse_manifest_document(source: str | bytes) -> Any:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _problem(f"manifest is not UTF-8 (byte {exc.start})") from exc
+    try:
+        return _parse_text(text)
+    except RecursionError as exc:
+        raise _problem("manifest is nested too deeply") from exc
+
+
+def _parse_text(text: str) -> Any:
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text, object_pairs_hook=_reject_duplicates)
