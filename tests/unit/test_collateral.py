@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def test_every_vector_collateral_loads_with_the_expected_window(attestation_vect
         assert collateral.is_valid_at(window["not_before_secs"])
         assert collateral.is_valid_at(window["not_after_secs"] - 1)
         assert not collateral.is_valid_at(window["not_before_secs"] - 1)
-        assert not collateral.is_valid_at(window["not_after_secs"])
+        assert not collateral.is_valid_at(window["not_after_secs"] + 1)
 
 
 def test_to_dcap_qvl_carries_every_field_and_is_built_once(attestation_vectors: Path) -> None:
@@ -253,3 +254,18 @@ def test_model_copy_validates(sgx_mapping: dict[str, Any]) -> None:
     copied = collateral.model_copy(update={"tcb_info": json.dumps(other)})
     assert copied.fmspc == "000000000000"
     assert collateral.fmspc != copied.fmspc
+
+
+def test_crl_next_update_is_exclusive_and_tcb_info_next_update_inclusive(
+    attestation_vectors: Path,
+) -> None:
+    """RFC 5280: a CRL is expired at its nextUpdate; dcap-qvl: TCB info only after it."""
+    folder = attestation_vectors / "dcap-qvl-samples"
+    collateral = Collateral.from_dcap_qvl_json((folder / "sgx_quote_collateral.json").read_text())
+    tcb_end = json.loads(collateral.tcb_info)["nextUpdate"]
+    tcb_next = int(dt.datetime.fromisoformat(tcb_end.replace("Z", "+00:00")).timestamp())
+    crl = x509.load_der_x509_crl(collateral.pck_crl)
+    crl_next = int(crl.next_update_utc.timestamp()) if crl.next_update_utc else 0
+    items = collateral.validity
+    assert items["tcb_info"].expires_at == tcb_next + 1
+    assert items["pck_crl"].expires_at == crl_next

@@ -630,3 +630,19 @@ def test_expired_raw_dcap_qvl_collateral_is_refused(attestation_vectors: Path) -
                     quote, collateral.to_dcap_qvl(), at=expected["now_secs"], policy=ANY_STATUS
                 )
             assert info.value.reason == _expected_reason(expected["error"]), case["name"]
+
+
+def test_platform_below_every_tcb_level_is_refused(attestation_vectors: Path) -> None:
+    """The negative vectors: genuine, Intel-signed collateral, but no TCB level matches."""
+    negatives = [
+        (folder, case)
+        for folder, case in _cases(attestation_vectors)
+        if not case["dcap_qvl_0_7_0"]["verify_at_now_secs"]["ok"]
+    ]
+    assert len(negatives) >= 2
+    for folder, case in negatives:
+        quote, collateral = _load(folder, case)
+        expected = case["dcap_qvl_0_7_0"]["verify_at_now_secs"]
+        with pytest.raises(VerificationError) as info:
+            verify_quote(quote, collateral, at=expected["now_secs"], policy=ANY_STATUS)
+        assert info.value.reason == "tcb_level_not_found", case["name"]

@@ -153,7 +153,7 @@ def test_simulated_collateral_outside_its_window_is_refused(
 ) -> None:
     for at, reason in (
         (collateral.not_before - 1, "collateral_not_yet_valid"),
-        (collateral.not_after, "collateral_expired"),
+        (collateral.not_after + 1, "collateral_expired"),
     ):
         with pytest.raises(VerificationError) as info:
             verify_quote(
@@ -179,3 +179,18 @@ def test_quote_of_another_simulated_platform_is_refused(
             simulated_root_der=platform.root_certificate_der(),
         )
     assert info.value.reason in {"untrusted_root", "bad_chain", "bad_crl"}
+
+
+def test_simulated_collateral_is_valid_on_its_last_second(
+    platform: Any, collateral: Collateral
+) -> None:
+    """The simulated platform promises validity on [issue, issue + validity], both ends."""
+    window = platform.collateral_window()
+    for at in (window.not_before, window.not_after):
+        verify_quote(
+            _quote(platform),
+            collateral,
+            at=at,
+            policy=AppraisalPolicy(allow_simulation=True),
+            simulated_root_der=platform.root_certificate_der(),
+        )

@@ -98,6 +98,15 @@ class CollateralValidity(BaseModel):
 
     issued: int
     next_update: int
+    #: Whether ``next_update`` itself is still valid. TCB info and QE identity: yes (their
+    #: ``nextUpdate`` is checked as "expired when now > nextUpdate"). CRLs: no (RFC 5280 and
+    #: webpki, used by dcap-qvl, treat a CRL as expired from its ``nextUpdate`` on).
+    next_update_inclusive: bool = False
+
+    @property
+    def expires_at(self) -> int:
+        """The first second at which this item is expired."""
+        return self.next_update + 1 if self.next_update_inclusive else self.next_update
 
 
 def signed_json_validity(text: str, field: str) -> tuple[CollateralValidity, dict[str, Any]]:
@@ -116,7 +125,10 @@ def signed_json_validity(text: str, field: str) -> tuple[CollateralValidity, dic
         raise _malformed(field, "not a JSON object")
     issued = _parse_rfc3339(parsed.get("issueDate"), f"{field}.issueDate")
     next_update = _parse_rfc3339(parsed.get("nextUpdate"), f"{field}.nextUpdate")
-    return CollateralValidity(issued=issued, next_update=next_update), parsed
+    return (
+        CollateralValidity(issued=issued, next_update=next_update, next_update_inclusive=True),
+        parsed,
+    )
 
 
 def crl_to_der(data: bytes, field: str) -> bytes:
@@ -258,6 +270,7 @@ class _Facts:
     validity: Mapping[str, CollateralValidity]
     not_before: int
     not_after: int
+    expires_at: int
 
 
 class Collateral(BaseModel):
@@ -535,6 +548,15 @@ class Collateral(BaseModel):
             },
             not_before=self._not_before,
             not_after=self._not_after,
+            expires_at=min(
+                item.expires_at
+                for item in (
+                    self._tcb_info_validity,
+                    self._qe_identity_validity,
+                    self._pck_crl_validity,
+                    self._root_ca_crl_validity,
+                )
+            ),
         )
 
     @property
@@ -568,24 +590,25 @@ class Collateral(BaseModel):
         return self._facts.not_after
 
     def expired_or_early_item(self, at: int) -> tuple[str, str] | None:
-        """Which item makes ``at`` fall outside the window, as (reason, message), or None.
+        """Which item makes ``at`` fall outside its validity, as (reason, message), or None.
 
         ``reason`` is ``collateral_not_yet_valid`` or ``collateral_expired``.
         """
         facts = self._facts
-        if facts.not_before <= at < facts.not_after:
+        if facts.not_before <= at < facts.expires_at:
             return None
         for name, item in facts.validity.items():
             if at < item.issued:
                 return "collateral_not_yet_valid", f"{name} is issued after the verification time"
-            if at >= item.next_update:
+            if at >= item.expires_at:
                 return "collateral_expired", f"{name} expired before the verification time"
         return None  # pragma: no cover - the window is derived from the items
 
     def is_valid_at(self, at: int) -> bool:
-        """True when ``at`` (epoch seconds) lies in [``not_before``, ``not_after``).
+        """True when every item is issued and not yet expired at ``at`` (epoch seconds).
 
-        The end is exclusive: a CRL whose ``nextUpdate`` equals the verification time has
-        expired (RFC 5280 section 5.1.2.5; webpki, used by dcap-qvl, agrees).
+        That is ``not_before <= at`` and ``at`` before the earliest expiry: a CRL has expired
+        at its ``nextUpdate`` (RFC 5280 section 5.1.2.5), TCB info and QE identity one second
+        after theirs (as dcap-qvl checks them).
         """
-        return self.not_before <= at < self.not_after
+        return self.expired_or_early_item(at) is None
