@@ -1,0 +1,1244 @@
+"""The shield: a FUSE filesystem that is the sandbox's root and enforces the enclave policy.
+
+It serves a *backing rootfs directory* (the unpacked image) under a :class:`ShieldPolicy`:
+
+* **Trusted files** (path -> SHA-256) are served read-only and only while their content matches
+  the hash. A file is opened once, hashed from that descriptor, and every later read is served
+  from the same descriptor after checking each 1 MiB chunk against the Poly1305 tag recorded
+  (under a secret per-chunk key) during the whole-file check (see :mod:`sealpod.runtime._trusted` for the exact TOCTOU
+  argument). A mismatch at open gives EACCES, a mismatch at read gives EIO; both log a warning and
+  never deliver the tampered bytes. The whole-file check is cached under (device, inode, size,
+  mtime_ns, ctime_ns) and redone when those change. Writing, truncating, renaming or removing a
+  trusted file gives EROFS.
+* **Trusted symbolic links** are served as links. Their manifest hash is the SHA-256 of the target
+  string's bytes; the target is re-read and re-checked on every ``readlink``. Whether a trusted
+  path is a file or a link is fixed when the shield is mounted (from the backing rootfs); a later
+  change of type is refused.
+* **Allowed** paths (a path allows itself and everything below it) pass through read-write to the
+  backing directory. New files are owned by the calling uid/gid.
+* **tmpfs** paths are in-memory directories; **memory files** (secrets delivered at activation)
+  are in-memory files. Neither ever reaches the host disk through the shield. (The kernel may
+  cache their pages in RAM, never on disk; the shield process's own memory is not locked.)
+* **Volumes** (mount path -> :class:`~sealpod.runtime.volumes.VolumeProvider`) serve a subtree
+  through a provider, the hook for encrypted volumes.
+* Anything else **does not exist** for the application: ENOENT, and not listed by ``readdir``.
+  Directories that lead to a trusted, allowed, tmpfs, memory or volume path exist (read-only).
+
+Precedence for one path: memory file > volume > tmpfs > trusted > allowed.
+
+Kernel caching: trusted files are opened with ``keep_cache``: every page the kernel caches came
+from a chunk the shield verified, and a trusted path has exactly one valid content (its hash), so
+cached pages can never be tampered bytes. Passthrough, memory and volume files are opened without
+``keep_cache`` (the page cache is dropped on each open). Read requests are up to 1 MiB: libfuse's
+``max_pages`` is 256 and the shield raises the mount's readahead to 1 MiB (``read_ahead_kb``,
+as root). The ``max_read`` option itself is not used: libfuse 3.14 refuses it with pyfuse3,
+whose init handler leaves ``conn->max_read`` at 0.
+
+Permissions: the mount is made with ``allow_other`` and without ``default_permissions``: the
+shield enforces the *policy* (what exists, what is writable), not Unix permission bits; inside a
+sandbox every process is the application.
+
+Life cycle: :meth:`Shield.mount` runs the FUSE session in a background thread of the calling
+process (pyfuse3 keeps one session per process, so one shield per process at a time). The mount
+uses libfuse's ``auto_unmount``: a ``fusermount3`` helper removes the mount if the owning process
+dies, even by SIGKILL. :meth:`Shield.unmount` stops the session, detaches the mount and, when the
+shield created its own mountpoint, removes it; it falls back to a lazy ``fusermount3 -u -z`` /
+``umount -l``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import itertools
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from sealpod.errors import ConfigError, EnvironmentUnavailableError
+from sealpod.runtime._trusted import (
+    TrustedFileModifiedError,
+    TrustedReader,
+    VerificationCache,
+    symlink_target_digest,
+)
+from sealpod.runtime.sandbox import Sandbox
+from sealpod.runtime.volumes import VolumeProvider
+
+_logger = logging.getLogger(__name__)
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+#: Seconds the kernel may cache attributes and names. Short: the backing tree is untrusted.
+_TIMEOUT = 1.0
+_READAHEAD_KB = 1024
+_BLKSIZE = 1 << 20
+
+
+def _normalise(path: str, what: str) -> str:
+    """Check that ``path`` is absolute and normalised; return it.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise ConfigError(f"{what}: {path!r} is not an absolute path")
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        raise ConfigError(f"{what}: {path!r} is not normalised")
+    return path
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShieldPolicy:
+    """What the shield serves. Paths are absolute, as the application sees them.
+
+    ``memory_files`` hold secrets: they are excluded from ``repr`` and never logged.
+    ``owner`` (uid, gid) owns the in-memory nodes (tmpfs directories, memory files).
+
+    Raises:
+        ConfigError: a path is not absolute/normalised, a hash is not 64 lowercase hex digits,
+            "/" is a tmpfs or volume, or a tmpfs, volume or memory file overlaps a trusted path.
+    """
+
+    backing_root: Path
+    trusted: Mapping[str, str]
+    allowed: frozenset[str] = frozenset()
+    tmpfs: tuple[str, ...] = ()
+    memory_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    volumes: Mapping[str, VolumeProvider] = field(default_factory=dict)
+    owner: tuple[int, int] = (0, 0)
+    #: Empty read-only directories where the sandbox mounts /proc, /dev and the like.
+    mountpoints: tuple[str, ...] = ("/proc", "/dev")
+
+    def __post_init__(self) -> None:
+        trusted = {}
+        for path, digest in self.trusted.items():
+            _normalise(path, "trusted")
+            if path == "/":
+                raise ConfigError("trusted: '/' cannot be a trusted file")
+            if len(digest) != 64 or not set(digest) <= _SHA256_HEX:
+                raise ConfigError(f"trusted: {path}: not a lowercase hex SHA-256")
+            trusted[path] = digest
+        object.__setattr__(self, "trusted", MappingProxyType(trusted))
+        object.__setattr__(
+            self, "allowed", frozenset(_normalise(p, "allowed") for p in self.allowed)
+        )
+        object.__setattr__(self, "tmpfs", tuple(_normalise(p, "tmpfs") for p in self.tmpfs))
+        object.__setattr__(
+            self, "mountpoints", tuple(_normalise(p, "mountpoints") for p in self.mountpoints)
+        )
+        memory = {_normalise(p, "memory_files"): bytes(v) for p, v in self.memory_files.items()}
+        object.__setattr__(self, "memory_files", MappingProxyType(memory))
+        volumes = {_normalise(p, "volumes"): v for p, v in self.volumes.items()}
+        object.__setattr__(self, "volumes", MappingProxyType(volumes))
+        for what, paths in (("tmpfs", self.tmpfs), ("volumes", tuple(volumes))):
+            for mount in paths:
+                if mount == "/":
+                    raise ConfigError(f"{what}: '/' cannot be replaced")
+                if any(_is_under(t, mount) for t in trusted):
+                    raise ConfigError(f"{what}: {mount} would hide trusted files")
+        for path in memory:
+            if any(_is_under(t, path) for t in trusted):
+                raise ConfigError(f"memory_files: {path} overlaps a trusted path")
+            if any(_is_under(path, v) for v in volumes):
+                raise ConfigError(f"memory_files: {path} is inside a volume")
+
+
+class _Kind(Enum):
+    DIR = "dir"  # a directory of the policy tree (leads to something, maybe allowed)
+    TRUSTED = "trusted"
+    TRUSTED_LINK = "trusted-link"
+    BACKED = "backed"  # found by lookup below an allowed directory
+    MEM_DIR = "mem-dir"
+    MEM_FILE = "mem-file"
+    MEM_LINK = "mem-link"
+    VOLUME = "volume"
+
+
+@dataclass(eq=False)
+class _Mem:
+    mode: int
+    uid: int
+    gid: int
+    data: bytearray = field(default_factory=bytearray, repr=False)
+    target: bytes = b""
+    mtime_ns: int = field(default_factory=time.time_ns)
+    ctime_ns: int = field(default_factory=time.time_ns)
+
+
+@dataclass(eq=False)
+class _Node:
+    ino: int
+    kind: _Kind
+    name: bytes
+    parent: _Node | None
+    static: bool = True
+    allowed: bool = False
+    expected: str = ""
+    children: dict[bytes, _Node] = field(default_factory=dict, repr=False)
+    mem: _Mem | None = field(default=None, repr=False)
+    provider: VolumeProvider | None = field(default=None, repr=False)
+    volume_root: _Node | None = field(default=None, repr=False)
+
+    def path(self) -> bytes:
+        parts: list[bytes] = []
+        node: _Node | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return b"/" + b"/".join(reversed(parts))
+
+    def display(self) -> str:
+        return os.fsdecode(self.path())
+
+    def volume_path(self) -> str:
+        """The path relative to the volume this node belongs to."""
+        parts: list[bytes] = []
+        node: _Node | None = self
+        while node is not None and node is not self.volume_root:
+            parts.append(node.name)
+            node = node.parent
+        return "/" + os.fsdecode(b"/".join(reversed(parts)))
+
+
+class _TrustedHandle:
+    def __init__(self, reader: TrustedReader) -> None:
+        self.reader = reader
+
+
+class _FdHandle:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+class _MemHandle:
+    def __init__(self, node: _Node) -> None:
+        self.node = node
+
+
+class _VolumeHandle:
+    def __init__(self, provider: VolumeProvider, handle: int) -> None:
+        self.provider = provider
+        self.handle = handle
+
+
+_Handle = _TrustedHandle | _FdHandle | _MemHandle | _VolumeHandle
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_FS = TypeVar("_FS", bound="_ShieldOperations")
+
+
+def _fuse_error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+def _boundary(
+    fn: Callable[Concatenate[_FS, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_FS, _P], Coroutine[Any, Any, _R]]:
+    """Turn every failure of a handler into an errno (pyfuse3 would stop the session)."""
+
+    async def wrapper(self: _FS, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except TrustedFileModifiedError as exc:
+            _logger.warning("shield refused a trusted file: %s", exc)
+            raise _fuse_error(errno.EIO) from None
+        except OSError as exc:
+            raise _fuse_error(exc.errno or errno.EIO) from None
+        except Exception:
+            _logger.exception("shield: internal error in %s", fn.__name__)
+            raise _fuse_error(errno.EIO) from None
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+def _refuse(code: int, node_path: str, why: str) -> pyfuse3.FUSEError:
+    _logger.warning("shield refused %s: %s", node_path, why)
+    return _fuse_error(code)
+
+
+class _ShieldOperations(pyfuse3.Operations):
+    """The FUSE request handlers. Runs on the shield's trio thread only."""
+
+    def __init__(self, policy: ShieldPolicy) -> None:
+        super().__init__()
+        self._policy = policy
+        self._root_b = os.fsencode(str(policy.backing_root))
+        self._inos = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self._nodes: dict[int, _Node] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self._fhs = itertools.count(1)
+        self._verified = VerificationCache()
+        self.root = self._add(_Node(pyfuse3.ROOT_INODE, _Kind.DIR, b"", None))
+        self._build()
+
+    # -- the policy tree ------------------------------------------------------------------
+
+    def _add(self, node: _Node) -> _Node:
+        self._nodes[node.ino] = node
+        if node.parent is not None:
+            node.parent.children[node.name] = node
+        return node
+
+    def _new(self, kind: _Kind, name: bytes, parent: _Node, **kw: object) -> _Node:
+        return self._add(_Node(next(self._inos), kind, name, parent, **kw))  # type: ignore[arg-type]
+
+    def _mem(self, mode: int) -> _Mem:
+        uid, gid = self._policy.owner
+        return _Mem(mode=mode, uid=uid, gid=gid)
+
+    def _ensure_dir(self, path: str) -> _Node:
+        node = self.root
+        for part in (p for p in path.split("/") if p):
+            name = os.fsencode(part)
+            child = node.children.get(name)
+            if child is None:
+                if node.kind is _Kind.MEM_DIR:
+                    child = self._new(
+                        _Kind.MEM_DIR, name, node, mem=self._mem(stat.S_IFDIR | 0o700)
+                    )
+                else:
+                    child = self._new(_Kind.DIR, name, node)
+            elif child.kind not in (_Kind.DIR, _Kind.MEM_DIR):
+                raise ConfigError(f"shield policy: {path} passes through a non-directory entry")
+            node = child
+        return node
+
+    def _build(self) -> None:
+        policy = self._policy
+        for path, digest in sorted(policy.trusted.items()):
+            head, tail = posixpath.split(path)
+            parent = self._ensure_dir(head)
+            try:
+                is_link = stat.S_ISLNK(os.lstat(self._root_b + os.fsencode(path)).st_mode)
+            except OSError:
+                is_link = False  # missing now: refused when looked up
+            kind = _Kind.TRUSTED_LINK if is_link else _Kind.TRUSTED
+            self._new(kind, os.fsencode(tail), parent, expected=digest)
+        for path in sorted(policy.allowed):
+            if (
+                path == "/"
+                or os.fsencode(posixpath.basename(path))
+                in self._ensure_dir(posixpath.dirname(path)).children
+            ):
+                continue
+            try:
+                is_dir = stat.S_ISDIR(os.lstat(self._root_b + os.fsencode(path)).st_mode)
+            except OSError:
+                is_dir = True  # created on first write below it
+            if is_dir:
+                self._ensure_dir(path)
+            else:
+                parent = self._ensure_dir(posixpath.dirname(path))
+                self._new(_Kind.BACKED, os.fsencode(posixpath.basename(path)), parent)
+        for path in policy.tmpfs:
+            head, tail = posixpath.split(path)
+            parent = self._ensure_dir(head)
+            name = os.fsencode(tail)
+            old = parent.children.get(name)
+            if old is not None and old.kind is _Kind.MEM_DIR:
+                continue
+            mem = self._mem(stat.S_IFDIR | 0o1777)
+            self._new(_Kind.MEM_DIR, name, parent, mem=mem)
+        for path, provider in policy.volumes.items():
+            head, tail = posixpath.split(path)
+            parent = self._ensure_dir(head)
+            node = self._new(_Kind.VOLUME, os.fsencode(tail), parent, provider=provider)
+            node.volume_root = node
+        for path in policy.mountpoints:
+            self._ensure_dir(path)
+        for path, content in policy.memory_files.items():
+            head, tail = posixpath.split(path)
+            parent = self._ensure_dir(head)
+            mem = self._mem(stat.S_IFREG | 0o400)
+            mem.data[:] = content
+            self._new(_Kind.MEM_FILE, os.fsencode(tail), parent, mem=mem)
+        for node in list(self._nodes.values()):
+            if node.kind is _Kind.DIR:
+                node.allowed = any(_is_under(node.display(), a) for a in policy.allowed)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _node(self, ino: int) -> _Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            raise _fuse_error(errno.ENOENT)
+        return node
+
+    def _backing(self, node: _Node) -> bytes:
+        return self._root_b + node.path()
+
+    def _is_backing_dir(self, node: _Node) -> bool:
+        return (node.kind is _Kind.DIR and node.allowed) or node.kind is _Kind.BACKED
+
+    def _child(self, parent: _Node, name: bytes) -> _Node:
+        if name == b".":
+            return parent
+        if name == b"..":
+            return parent.parent or parent
+        cached = parent.children.get(name)
+        if parent.kind is _Kind.DIR:
+            if cached is not None and cached.static:
+                return cached
+            if parent.allowed:
+                return self._pass_child(parent, name, cached)
+            raise _fuse_error(errno.ENOENT)
+        if parent.kind is _Kind.BACKED:
+            return self._pass_child(parent, name, cached)
+        if parent.kind is _Kind.MEM_DIR:
+            if cached is None:
+                raise _fuse_error(errno.ENOENT)
+            return cached
+        if parent.kind is _Kind.VOLUME:
+            if parent.provider is None:  # pragma: no cover - set for every volume node
+                raise _fuse_error(errno.EIO)
+            probe = _Node(0, _Kind.VOLUME, name, parent, volume_root=parent.volume_root)
+            parent.provider.getattr(probe.volume_path())
+            if cached is not None:
+                return cached
+            return self._new(
+                _Kind.VOLUME,
+                name,
+                parent,
+                static=False,
+                provider=parent.provider,
+                volume_root=parent.volume_root,
+            )
+        raise _fuse_error(errno.ENOTDIR)
+
+    def _pass_child(self, parent: _Node, name: bytes, cached: _Node | None) -> _Node:
+        try:
+            os.lstat(self._backing(parent) + b"/" + name)
+        except FileNotFoundError:
+            if cached is not None:
+                del parent.children[name]
+            raise _fuse_error(errno.ENOENT) from None
+        if cached is not None:
+            return cached
+        return self._new(_Kind.BACKED, name, parent, static=False)
+
+    def _entry(
+        self, ino: int, st: os.stat_result, *, readonly: bool = False
+    ) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        attr.generation = 0
+        attr.entry_timeout = _TIMEOUT
+        attr.attr_timeout = _TIMEOUT
+        attr.st_mode = st.st_mode & ~0o222 if readonly else st.st_mode
+        attr.st_nlink = st.st_nlink
+        attr.st_uid = st.st_uid
+        attr.st_gid = st.st_gid
+        attr.st_rdev = st.st_rdev
+        attr.st_size = st.st_size
+        attr.st_blksize = _BLKSIZE
+        attr.st_blocks = st.st_blocks
+        attr.st_atime_ns = st.st_atime_ns
+        attr.st_mtime_ns = st.st_mtime_ns
+        attr.st_ctime_ns = st.st_ctime_ns
+        return attr
+
+    def _synthetic(
+        self, ino: int, mode: int, size: int, uid: int, gid: int, mtime_ns: int, ctime_ns: int
+    ) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        attr.generation = 0
+        attr.entry_timeout = _TIMEOUT
+        attr.attr_timeout = _TIMEOUT
+        attr.st_mode = mode
+        attr.st_nlink = 2 if stat.S_ISDIR(mode) else 1
+        attr.st_uid = uid
+        attr.st_gid = gid
+        attr.st_size = size
+        attr.st_blksize = _BLKSIZE
+        attr.st_blocks = (size + 511) // 512
+        attr.st_atime_ns = mtime_ns
+        attr.st_mtime_ns = mtime_ns
+        attr.st_ctime_ns = ctime_ns
+        return attr
+
+    def _attrs(self, node: _Node) -> pyfuse3.EntryAttributes:
+        kind = node.kind
+        if kind is _Kind.DIR:
+            try:
+                st = os.lstat(self._backing(node))
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                return self._entry(node.ino, st, readonly=not node.allowed)
+            now = time.time_ns()
+            mode = stat.S_IFDIR | (0o755 if node.allowed else 0o555)
+            return self._synthetic(node.ino, mode, 0, 0, 0, now, now)
+        if kind in (_Kind.TRUSTED, _Kind.TRUSTED_LINK):
+            try:
+                st = os.lstat(self._backing(node))
+            except OSError:
+                raise _refuse(errno.EACCES, node.display(), "trusted file missing") from None
+            want_link = kind is _Kind.TRUSTED_LINK
+            if stat.S_ISLNK(st.st_mode) != want_link or not (want_link or stat.S_ISREG(st.st_mode)):
+                raise _refuse(errno.EACCES, node.display(), "trusted entry changed type")
+            return self._entry(node.ino, st, readonly=True)
+        if kind is _Kind.BACKED:
+            return self._entry(node.ino, os.lstat(self._backing(node)))
+        if node.mem is not None:
+            m = node.mem
+            size = len(m.target) if kind is _Kind.MEM_LINK else len(m.data)
+            return self._synthetic(node.ino, m.mode, size, m.uid, m.gid, m.mtime_ns, m.ctime_ns)
+        if kind is _Kind.VOLUME and node.provider is not None:
+            vs = node.provider.getattr(node.volume_path())
+            mode = (stat.S_IFDIR if vs.is_dir else stat.S_IFREG) | stat.S_IMODE(vs.mode)
+            uid, gid = self._policy.owner
+            return self._synthetic(node.ino, mode, vs.size, uid, gid, vs.mtime_ns, vs.mtime_ns)
+        raise _fuse_error(errno.EIO)  # pragma: no cover - every kind is handled above
+
+    def _writable_dir(self, parent: _Node, name: bytes) -> None:
+        """Refuse to create or remove ``name`` in ``parent`` unless the policy allows it."""
+        existing = parent.children.get(name)
+        if (
+            existing is not None
+            and existing.static
+            and existing.kind
+            in (
+                _Kind.TRUSTED,
+                _Kind.TRUSTED_LINK,
+            )
+        ):
+            raise _refuse(errno.EROFS, existing.display(), "trusted files are read-only")
+        if parent.kind is _Kind.DIR and not parent.allowed:
+            if existing is not None and existing.kind is _Kind.MEM_FILE:
+                return
+            raise _fuse_error(errno.EACCES)
+        if parent.kind not in (_Kind.DIR, _Kind.BACKED, _Kind.MEM_DIR, _Kind.VOLUME):
+            raise _fuse_error(errno.ENOTDIR)
+
+    def _fh(self, handle: _Handle) -> int:
+        fh = next(self._fhs)
+        self._handles[fh] = handle
+        return fh
+
+    def _handle(self, fh: int) -> _Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise _fuse_error(errno.EBADF)
+        return handle
+
+    @staticmethod
+    def _chown(path: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if os.geteuid() == 0:
+            os.lchown(path, ctx.uid, ctx.gid)
+
+    # -- metadata -------------------------------------------------------------------------
+
+    @_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._attrs(self._child(self._node(parent_inode), name))
+
+    async def forget(self, inode_list: object) -> None:
+        # Nodes are kept for the life of the mount: their number is bounded by the paths the
+        # application touched, and keeping them keeps inode numbers stable.
+        return None
+
+    @_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(self._node(inode))
+
+    @_boundary
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        kind = node.kind
+        if kind in (_Kind.TRUSTED, _Kind.TRUSTED_LINK):
+            raise _refuse(errno.EROFS, node.display(), "trusted files are read-only")
+        if kind is _Kind.DIR and not node.allowed:
+            raise _fuse_error(errno.EACCES)
+        if kind in (_Kind.DIR, _Kind.BACKED):
+            path = self._backing(node)
+            handle = self._handles.get(fh) if fh is not None else None
+            if fields.update_size:
+                if isinstance(handle, _FdHandle):
+                    os.ftruncate(handle.fd, attr.st_size)
+                else:
+                    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        os.ftruncate(fd, attr.st_size)
+                    finally:
+                        os.close(fd)
+            if fields.update_mode and not stat.S_ISLNK(os.lstat(path).st_mode):
+                os.chmod(path, stat.S_IMODE(attr.st_mode))
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                os.lchown(path, uid, gid)
+            if fields.update_atime or fields.update_mtime:
+                st = os.lstat(path)
+                atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+                mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+                os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+        elif node.mem is not None:
+            m = node.mem
+            if fields.update_size:
+                if kind is not _Kind.MEM_FILE:
+                    raise _fuse_error(errno.EINVAL)
+                if attr.st_size < len(m.data):
+                    del m.data[attr.st_size :]
+                else:
+                    m.data.extend(bytes(attr.st_size - len(m.data)))
+            if fields.update_mode:
+                m.mode = stat.S_IFMT(m.mode) | stat.S_IMODE(attr.st_mode)
+            if fields.update_uid:
+                m.uid = attr.st_uid
+            if fields.update_gid:
+                m.gid = attr.st_gid
+            if fields.update_mtime:
+                m.mtime_ns = attr.st_mtime_ns
+            m.ctime_ns = time.time_ns()
+        elif kind is _Kind.VOLUME and node.provider is not None and fields.update_size:
+            node.provider.truncate(node.volume_path(), attr.st_size)
+        return self._attrs(node)
+
+    @_boundary
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if node.kind is _Kind.TRUSTED_LINK:
+            try:
+                target = os.readlink(self._backing(node))
+            except OSError:
+                raise _refuse(errno.EACCES, node.display(), "trusted link missing") from None
+            if symlink_target_digest(target) != node.expected:
+                raise _refuse(errno.EACCES, node.display(), "link target does not match its hash")
+            return target
+        if node.kind is _Kind.BACKED:
+            return os.readlink(self._backing(node))
+        if node.kind is _Kind.MEM_LINK and node.mem is not None:
+            return node.mem.target
+        raise _fuse_error(errno.EINVAL)
+
+    @_boundary
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        node = self._node(inode)
+        if mode & os.W_OK:
+            if node.kind in (_Kind.TRUSTED, _Kind.TRUSTED_LINK):
+                return False
+            if node.kind is _Kind.DIR and not node.allowed:
+                return False
+        self._attrs(node)
+        return True
+
+    @_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self._root_b)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = st.f_bsize
+        data.f_frsize = st.f_frsize
+        data.f_blocks = st.f_blocks
+        data.f_bfree = st.f_bfree
+        data.f_bavail = st.f_bavail
+        data.f_files = st.f_files
+        data.f_ffree = st.f_ffree
+        data.f_favail = st.f_favail
+        data.f_namemax = st.f_namemax
+        return data
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise _fuse_error(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []
+
+    # -- namespace changes ----------------------------------------------------------------
+
+    @_boundary
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        self._writable_dir(parent, name)
+        if name in parent.children and parent.children[name].static:
+            raise _fuse_error(errno.EEXIST)
+        if self._is_backing_dir(parent):
+            path = self._backing(parent) + b"/" + name
+            os.mkdir(path, stat.S_IMODE(mode) & ~ctx.umask)
+            self._chown(path, ctx)
+            return self._attrs(self._pass_child(parent, name, parent.children.get(name)))
+        if parent.kind is _Kind.MEM_DIR:
+            if name in parent.children:
+                raise _fuse_error(errno.EEXIST)
+            mem = _Mem(
+                mode=stat.S_IFDIR | (stat.S_IMODE(mode) & ~ctx.umask), uid=ctx.uid, gid=ctx.gid
+            )
+            return self._attrs(self._new(_Kind.MEM_DIR, name, parent, mem=mem))
+        if parent.kind is _Kind.VOLUME and parent.provider is not None:
+            child = _Node(0, _Kind.VOLUME, name, parent, volume_root=parent.volume_root)
+            parent.provider.mkdir(child.volume_path(), stat.S_IMODE(mode) & ~ctx.umask)
+            return self._attrs(self._child(parent, name))
+        raise _fuse_error(errno.EACCES)
+
+    @_boundary
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        self._writable_dir(parent, name)
+        if name in parent.children and parent.children[name].static:
+            raise _fuse_error(errno.EEXIST)
+        if self._is_backing_dir(parent):
+            path = self._backing(parent) + b"/" + name
+            os.symlink(target, path)
+            self._chown(path, ctx)
+            return self._attrs(self._pass_child(parent, name, parent.children.get(name)))
+        if parent.kind is _Kind.MEM_DIR:
+            if name in parent.children:
+                raise _fuse_error(errno.EEXIST)
+            mem = _Mem(mode=stat.S_IFLNK | 0o777, uid=ctx.uid, gid=ctx.gid, target=target)
+            return self._attrs(self._new(_Kind.MEM_LINK, name, parent, mem=mem))
+        raise _fuse_error(errno.EPERM)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        # Hard links would give a trusted file a second, unchecked name.
+        raise _fuse_error(errno.EPERM)
+
+    async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+        parent = self._node(parent_inode)
+        self._writable_dir(parent, name)
+        child = parent.children.get(name)
+        if child is not None and child.static and child.kind is not _Kind.MEM_FILE:
+            raise _fuse_error(errno.EBUSY)
+        if child is not None and child.kind is _Kind.MEM_FILE and parent.kind is not _Kind.MEM_DIR:
+            if directory:
+                raise _fuse_error(errno.ENOTDIR)
+            del parent.children[name]
+            return
+        if self._is_backing_dir(parent):
+            path = self._backing(parent) + b"/" + name
+            os.rmdir(path) if directory else os.unlink(path)
+        elif parent.kind is _Kind.MEM_DIR:
+            if child is None:
+                raise _fuse_error(errno.ENOENT)
+            if directory != (child.kind is _Kind.MEM_DIR):
+                raise _fuse_error(errno.ENOTDIR if directory else errno.EISDIR)
+            if directory and child.children:
+                raise _fuse_error(errno.ENOTEMPTY)
+        elif parent.kind is _Kind.VOLUME and parent.provider is not None:
+            probe = _Node(0, _Kind.VOLUME, name, parent, volume_root=parent.volume_root)
+            if directory:
+                parent.provider.rmdir(probe.volume_path())
+            else:
+                parent.provider.unlink(probe.volume_path())
+        else:
+            raise _fuse_error(errno.EACCES)
+        parent.children.pop(name, None)
+
+    @_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, directory=False)
+
+    @_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, directory=True)
+
+    def _domain(self, node: _Node) -> object:
+        if self._is_backing_dir(node):
+            return "backing"
+        if node.kind is _Kind.MEM_DIR:
+            return "memory"
+        if node.kind is _Kind.VOLUME:
+            return node.volume_root
+        return None
+
+    @_boundary
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        self._writable_dir(old_parent, name_old)
+        self._writable_dir(new_parent, name_new)
+        moving = self._child(old_parent, name_old)
+        if moving.static and moving.kind not in (_Kind.MEM_DIR, _Kind.MEM_FILE, _Kind.MEM_LINK):
+            raise _fuse_error(errno.EBUSY)
+        target = new_parent.children.get(name_new)
+        if target is not None and target.static and target.kind is not _Kind.MEM_FILE:
+            raise _fuse_error(errno.EBUSY)
+        domain = self._domain(old_parent)
+        if domain is None or domain != self._domain(new_parent):
+            raise _fuse_error(errno.EXDEV)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fuse_error(errno.EINVAL)
+        noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
+        if domain == "backing":
+            new_path = self._backing(new_parent) + b"/" + name_new
+            if noreplace and os.path.lexists(new_path):
+                raise _fuse_error(errno.EEXIST)
+            os.rename(self._backing(old_parent) + b"/" + name_old, new_path)
+        elif domain == "memory":
+            if target is not None:
+                if noreplace:
+                    raise _fuse_error(errno.EEXIST)
+                if target.kind is _Kind.MEM_DIR and target.children:
+                    raise _fuse_error(errno.ENOTEMPTY)
+        else:
+            provider = old_parent.provider
+            if provider is None:  # pragma: no cover - set for every volume node
+                raise _fuse_error(errno.EIO)
+            dest = _Node(0, _Kind.VOLUME, name_new, new_parent, volume_root=new_parent.volume_root)
+            if noreplace and target is not None:
+                raise _fuse_error(errno.EEXIST)
+            provider.rename(moving.volume_path(), dest.volume_path())
+        old_parent.children.pop(name_old, None)
+        new_parent.children.pop(name_new, None)
+        moving.parent, moving.name = new_parent, name_new
+        new_parent.children[name_new] = moving
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def _open_trusted(self, node: _Node) -> pyfuse3.FileInfo:
+        path = node.display()
+        try:
+            fd = os.open(
+                self._backing(node), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except OSError:
+            raise _refuse(errno.EACCES, path, "trusted file cannot be opened") from None
+        try:
+            # Hash on a worker thread (hashlib releases the GIL) so other requests go on.
+            content = await trio.to_thread.run_sync(
+                functools.partial(self._verified.verify, fd, node.expected, path=path)
+            )
+        except TrustedFileModifiedError as exc:
+            os.close(fd)
+            raise _refuse(errno.EACCES, path, str(exc)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        fh = self._fh(_TrustedHandle(TrustedReader(fd, content, path=path)))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        kind = node.kind
+        if kind is _Kind.TRUSTED:
+            if writing:
+                raise _refuse(errno.EROFS, node.display(), "trusted files are read-only")
+            return await self._open_trusted(node)
+        if kind is _Kind.BACKED:
+            fd = os.open(
+                self._backing(node),
+                (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW | os.O_CLOEXEC,
+            )
+            return pyfuse3.FileInfo(fh=self._fh(_FdHandle(fd)))
+        if kind is _Kind.MEM_FILE and node.mem is not None:
+            if flags & os.O_TRUNC and writing:
+                del node.mem.data[:]
+            return pyfuse3.FileInfo(fh=self._fh(_MemHandle(node)))
+        if kind is _Kind.VOLUME and node.provider is not None:
+            handle = node.provider.open(node.volume_path(), flags, 0o600)
+            return pyfuse3.FileInfo(fh=self._fh(_VolumeHandle(node.provider, handle)))
+        if kind in (_Kind.DIR, _Kind.MEM_DIR):
+            raise _fuse_error(errno.EISDIR)
+        raise _fuse_error(errno.EACCES)
+
+    @_boundary
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._node(parent_inode)
+        self._writable_dir(parent, name)
+        existing = parent.children.get(name)
+        if existing is not None and existing.static:
+            if flags & os.O_EXCL:
+                raise _fuse_error(errno.EEXIST)
+            info = await self.open(existing.ino, flags & ~os.O_CREAT, ctx)
+            return info, self._attrs(existing)
+        perm = stat.S_IMODE(mode) & ~ctx.umask
+        if self._is_backing_dir(parent):
+            path = self._backing(parent) + b"/" + name
+            fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
+            if os.geteuid() == 0:
+                os.fchown(fd, ctx.uid, ctx.gid)
+            node = self._pass_child(parent, name, existing)
+            return pyfuse3.FileInfo(fh=self._fh(_FdHandle(fd))), self._attrs(node)
+        if parent.kind is _Kind.MEM_DIR:
+            if existing is not None:
+                if flags & os.O_EXCL:
+                    raise _fuse_error(errno.EEXIST)
+                info = await self.open(existing.ino, flags & ~os.O_CREAT, ctx)
+                return info, self._attrs(existing)
+            mem = _Mem(mode=stat.S_IFREG | perm, uid=ctx.uid, gid=ctx.gid)
+            node = self._new(_Kind.MEM_FILE, name, parent, static=False, mem=mem)
+            return pyfuse3.FileInfo(fh=self._fh(_MemHandle(node))), self._attrs(node)
+        if parent.kind is _Kind.VOLUME and parent.provider is not None:
+            probe = _Node(0, _Kind.VOLUME, name, parent, volume_root=parent.volume_root)
+            handle = parent.provider.open(probe.volume_path(), flags | os.O_CREAT, perm)
+            node = self._child(parent, name)
+            info = pyfuse3.FileInfo(fh=self._fh(_VolumeHandle(parent.provider, handle)))
+            return info, self._attrs(node)
+        raise _fuse_error(errno.EACCES)
+
+    @_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handle(fh)
+        if isinstance(handle, _TrustedHandle):
+            return handle.reader.read(off, size)
+        if isinstance(handle, _FdHandle):
+            return os.pread(handle.fd, size, off)
+        if isinstance(handle, _MemHandle):
+            data = handle.node.mem.data if handle.node.mem is not None else bytearray()
+            return bytes(data[off : off + size])
+        return handle.provider.read(handle.handle, off, size)
+
+    @_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handle(fh)
+        if isinstance(handle, _TrustedHandle):
+            raise _fuse_error(errno.EBADF)
+        if isinstance(handle, _FdHandle):
+            return os.pwrite(handle.fd, buf, off)
+        if isinstance(handle, _MemHandle):
+            mem = handle.node.mem
+            if mem is None:  # pragma: no cover - set for every memory node
+                raise _fuse_error(errno.EIO)
+            if off > len(mem.data):
+                mem.data.extend(bytes(off - len(mem.data)))
+            mem.data[off : off + len(buf)] = buf
+            mem.mtime_ns = mem.ctime_ns = time.time_ns()
+            return len(buf)
+        return handle.provider.write(handle.handle, off, buf)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handle(fh)
+        if isinstance(handle, _FdHandle):
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+        elif isinstance(handle, _VolumeHandle):
+            handle.provider.fsync(handle.handle)
+
+    @_boundary
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, _TrustedHandle):
+            handle.reader.close()
+        elif isinstance(handle, _FdHandle):
+            os.close(handle.fd)
+        elif isinstance(handle, _VolumeHandle):
+            handle.provider.release(handle.handle)
+
+    # -- directories ----------------------------------------------------------------------
+
+    def _names(self, node: _Node) -> list[bytes]:
+        names: list[bytes] = []
+        if node.kind is _Kind.DIR:
+            names = [n for n, c in node.children.items() if c.static]
+            if node.allowed:
+                try:
+                    names += [n for n in os.listdir(self._backing(node)) if n not in names]
+                except (FileNotFoundError, NotADirectoryError):
+                    pass
+        elif node.kind is _Kind.BACKED:
+            names = os.listdir(self._backing(node))
+        elif node.kind is _Kind.MEM_DIR:
+            names = list(node.children)
+        elif node.kind is _Kind.VOLUME and node.provider is not None:
+            names = [os.fsencode(n) for n in node.provider.readdir(node.volume_path())]
+        else:
+            raise _fuse_error(errno.ENOTDIR)
+        return sorted(names)
+
+    @_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        entries: list[tuple[bytes, pyfuse3.EntryAttributes]] = []
+        for name in self._names(node):
+            try:
+                entries.append((name, self._attrs(self._child(node, name))))
+            except pyfuse3.FUSEError:
+                continue  # vanished, or a refused trusted entry: not listed
+        fh = next(self._fhs)
+        self._dirs[fh] = entries
+        return fh
+
+    @_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs.get(fh, [])
+        for index in range(start_id, len(entries)):
+            name, attrs = entries[index]
+            if not pyfuse3.readdir_reply(token, name, attrs, index + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    def close_all(self) -> None:
+        """Close every descriptor still open (the session is over)."""
+        for fh in list(self._handles):
+            handle = self._handles.pop(fh)
+            try:
+                if isinstance(handle, _TrustedHandle):
+                    handle.reader.close()
+                elif isinstance(handle, _FdHandle):
+                    os.close(handle.fd)
+                elif isinstance(handle, _VolumeHandle):
+                    handle.provider.release(handle.handle)
+            except Exception:
+                _logger.debug("shield: closing handle %d failed", fh, exc_info=True)
+
+
+# -- mounting --------------------------------------------------------------------------------
+
+_PROCESS_LOCK = threading.Lock()
+_ACTIVE: list[Shield] = []
+
+
+def is_mounted(path: Path | str) -> bool:
+    """Whether ``path`` is a mount point in this mount namespace (from /proc/self/mountinfo)."""
+    wanted = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.readlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:
+            point = fields[4].encode().decode("unicode_escape")
+            if point == wanted:
+                return True
+    return False
+
+
+def _lazy_unmount(mountpoint: str) -> None:
+    for argv in (["fusermount3", "-u", "-z", "-q", mountpoint], ["umount", "-l", mountpoint]):
+        if shutil.which(argv[0]) is None:
+            continue
+        subprocess.run(argv, check=False, capture_output=True, timeout=10)
+        if not is_mounted(mountpoint):
+            return
+
+
+class Shield:
+    """A shield filesystem for one policy; mount it with :meth:`mount` or ``with Shield(...)``.
+
+    >>> with Shield(policy) as shield:           # doctest: +SKIP
+    ...     Sandbox(root=shield.mountpoint, argv=["/bin/true"]).run()
+    """
+
+    def __init__(self, policy: ShieldPolicy) -> None:
+        self._policy = policy
+        self._ops: _ShieldOperations | None = None
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._mountpoint: Path | None = None
+        self._own_dir: Path | None = None
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"Shield(backing_root={str(self._policy.backing_root)!r}, mountpoint={self._mountpoint!r})"
+
+    @property
+    def policy(self) -> ShieldPolicy:
+        """The policy this shield enforces."""
+        return self._policy
+
+    @property
+    def mountpoint(self) -> Path:
+        """Where the shield is mounted.
+
+        Raises:
+            ConfigError: it is not mounted.
+        """
+        if self._mountpoint is None:
+            raise ConfigError("the shield is not mounted")
+        return self._mountpoint
+
+    def mount(self, mountpoint: Path | str | None = None) -> Shield:
+        """Mount the shield at ``mountpoint`` (an empty directory; a private temporary one if None).
+
+        Returns self, so ``with Shield(p).mount(dir) as s:`` works.
+
+        Raises:
+            ConfigError: this shield or another one in this process is already mounted, or the
+                policy's tree is inconsistent with itself.
+            EnvironmentUnavailableError: /dev/fuse, libfuse or the mount itself is unavailable.
+        """
+        if not os.path.exists("/dev/fuse"):
+            raise EnvironmentUnavailableError("/dev/fuse is missing: the shield needs FUSE")
+        with _PROCESS_LOCK:
+            if _ACTIVE:
+                raise ConfigError("a shield is already mounted in this process (one at a time)")
+            _ACTIVE.append(self)
+        try:
+            self._start(mountpoint)
+        except BaseException:
+            with _PROCESS_LOCK:
+                _ACTIVE.remove(self)
+            self._remove_own_dir()
+            raise
+        return self
+
+    def _start(self, mountpoint: Path | str | None) -> None:
+        if mountpoint is None:
+            base = os.environ.get("XDG_RUNTIME_DIR") if os.geteuid() != 0 else None
+            self._own_dir = Path(tempfile.mkdtemp(prefix="sealpod-shield-", dir=base))
+            target = self._own_dir
+        else:
+            target = Path(mountpoint)
+        self._ops = _ShieldOperations(self._policy)
+        options = {
+            "fsname=sealpod-shield",
+            "subtype=sealpod",
+            "allow_other",
+            "auto_unmount",
+            "noatime",
+        }
+        try:
+            pyfuse3.init(self._ops, str(target), options)
+        except (RuntimeError, OSError) as exc:
+            raise EnvironmentUnavailableError(
+                f"cannot mount the shield at {target}: {exc}"
+            ) from exc
+        self._mountpoint = target
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._serve, name="sealpod-shield", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=10):
+            self.unmount()
+            raise EnvironmentUnavailableError("the shield's FUSE session did not start")
+        self._raise_readahead(target)
+        _logger.debug("shield mounted at %s over %s", target, self._policy.backing_root)
+
+    def _serve(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:
+            self._failure = exc
+            _logger.error("shield: FUSE session failed: %r", exc)
+        finally:
+            self._ready.set()
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception:
+                _logger.debug("shield: pyfuse3.close failed", exc_info=True)
+            if self._ops is not None:
+                self._ops.close_all()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._ready.set()
+        await pyfuse3.main()
+
+    @staticmethod
+    def _raise_readahead(mountpoint: Path) -> None:
+        try:
+            dev = os.stat(mountpoint).st_dev
+            bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+            bdi.write_text(str(_READAHEAD_KB))
+        except OSError:
+            _logger.debug("shield: could not raise readahead (not root?)", exc_info=True)
+
+    def unmount(self) -> None:
+        """Stop the FUSE session and remove the mount; safe to call more than once.
+
+        Always leaves the mount point unmounted (falls back to a lazy unmount) and removes the
+        mount point directory if the shield created it.
+        """
+        thread, token, mountpoint = self._thread, self._token, self._mountpoint
+        try:
+            if thread is not None and token is not None and thread.is_alive():
+                try:
+                    trio.from_thread.run_sync(pyfuse3.terminate, trio_token=token)
+                except (trio.RunFinishedError, RuntimeError):
+                    pass
+            if thread is not None:
+                thread.join(timeout=10)
+                if thread.is_alive():
+                    _logger.warning("shield: FUSE thread did not stop; detaching the mount")
+            if mountpoint is not None and is_mounted(mountpoint):
+                _lazy_unmount(str(mountpoint))
+        finally:
+            self._thread = None
+            self._token = None
+            self._mountpoint = None
+            self._remove_own_dir()
+            with _PROCESS_LOCK:
+                if self in _ACTIVE:
+                    _ACTIVE.remove(self)
+
+    def _remove_own_dir(self) -> None:
+        if self._own_dir is not None:
+            try:
+                self._own_dir.rmdir()
+            except OSError:
+                _logger.warning("shield: could not remove %s", self._own_dir)
+            self._own_dir = None
+
+    def __enter__(self) -> Shield:
+        if self._mountpoint is None:
+            self.mount()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unmount()
+
+
+def run_shielded(policy: ShieldPolicy, sandbox: Sandbox) -> int:
+    """Mount a shield for ``policy``, run ``sandbox`` with it as root, and always clean up.
+
+    The shield is mounted on a private temporary directory, which is unmounted and removed on
+    every exit path: normal exit, any exit code, the application killed by a signal (even
+    SIGKILL), or an exception here.
+
+    Raises:
+        ConfigError: as :class:`Shield` and :class:`Sandbox`.
+        EnvironmentUnavailableError: FUSE or bubblewrap is unavailable.
+    """
+    with Shield(policy) as shield:
+        return dataclasses.replace(sandbox, root=shield.mountpoint).run()
