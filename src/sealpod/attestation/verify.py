@@ -301,8 +301,9 @@ def verify_quote(
 
     Args:
         quote: the raw quote (trailing bytes after the signature data are ignored).
-        collateral: a :class:`Collateral` (preferred: converted once, reused) or a
-            ``dcap_qvl.QuoteCollateralV3``.
+        collateral: a :class:`Collateral` (preferred: converted once, reused, and every item's
+            issue date and expiry is checked) or a ``dcap_qvl.QuoteCollateralV3`` (then only
+            dcap-qvl's own date checks apply).
         at: verification time, epoch seconds (collateral and certificates must be valid then).
         policy: what the verified claims must satisfy.
         trust_root_der: the root to pin instead of the shipped Intel SGX Root CA. Any root that
