@@ -438,6 +438,33 @@ def test_user_public_key_that_does_not_parse_is_refused() -> None:
     assert _only_problem(data)[0] == "users.bob.public_key"
 
 
+def test_user_certificate_with_pasted_private_key_is_refused() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    data = _base()
+    data["users"] = {"alice": {"certificate": _pem("alice.crt") + private_pem}}
+    assert _only_problem(data) == (
+        "users.alice.certificate",
+        "contains a private key: give only the public part",
+    )
+
+
+def test_user_key_with_two_pem_blocks_is_refused() -> None:
+    data = _base()
+    data["users"] = {"bob": {"public_key": _pem("bob.pub") + _pem("carol.pub")}}
+    assert _only_problem(data) == ("users.bob.public_key", "expected exactly one PEM block")
+
+
 def test_small_rsa_user_key_is_refused() -> None:
     data = _base()
     data["users"] = {"bob": {"public_key": _pem("small-rsa.pub")}}

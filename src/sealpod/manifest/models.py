@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 __all__ = [
@@ -138,32 +140,47 @@ ExtendedKeyUsage = Literal[
 CollateralSource = Literal["evidence", "pccs"]
 
 #: What each resource of a role can be granted.
-ACTIONS_BY_RESOURCE: dict[str, frozenset[str]] = {
-    "manifest": frozenset({"update"}),
-    "secrets": frozenset({"read", "write"}),
-    "packages": frozenset({"update"}),
-    "volumes": frozenset({"reset"}),
-}
+ACTIONS_BY_RESOURCE: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "manifest": frozenset({"update"}),
+        "secrets": frozenset({"read", "write"}),
+        "packages": frozenset({"update"}),
+        "volumes": frozenset({"reset"}),
+    }
+)
 
 #: Allowed ``size`` (bits) per secret type; ``None`` means no size may be given.
-SECRET_SIZES: dict[str, frozenset[int] | None] = {
-    "symmetric-key": frozenset({128, 192, 256, 384, 512}),
-    "cert-ecdsa": frozenset({256, 384, 521}),  # NIST P-256, P-384, P-521
-    "cert-rsa": frozenset({2048, 3072, 4096}),
-    "cert-ed25519": frozenset({256}),
-    "plain": None,
-}
+SECRET_SIZES: Final[Mapping[str, frozenset[int] | None]] = MappingProxyType(
+    {
+        "symmetric-key": frozenset({128, 192, 256, 384, 512}),
+        "cert-ecdsa": frozenset({256, 384, 521}),  # NIST P-256, P-384, P-521
+        "cert-rsa": frozenset({2048, 3072, 4096}),
+        "cert-ed25519": frozenset({256}),
+        "plain": None,
+    }
+)
 #: The size used when a secret gives none.
-DEFAULT_SECRET_SIZES: dict[str, int | None] = {
-    "symmetric-key": 256,
-    "cert-ecdsa": 256,
-    "cert-rsa": 3072,
-    "cert-ed25519": 256,
-    "plain": None,
-}
+DEFAULT_SECRET_SIZES: Final[Mapping[str, int | None]] = MappingProxyType(
+    {
+        "symmetric-key": 256,
+        "cert-ecdsa": 256,
+        "cert-rsa": 3072,
+        "cert-ed25519": 256,
+        "plain": None,
+    }
+)
+
+
+def _single_pem_block(value: str) -> None:
+    # The manifest is public (the coordinator serves it): a pasted private key must not get in.
+    if "PRIVATE KEY" in value:
+        raise ValueError("contains a private key: give only the public part")
+    if value.count("-----BEGIN ") != 1:
+        raise ValueError("expected exactly one PEM block")
 
 
 def _public_key_pem(value: str) -> str:
+    _single_pem_block(value)
     try:
         key = serialization.load_pem_public_key(value.encode("utf-8"))
     except (ValueError, TypeError) as exc:
@@ -176,14 +193,13 @@ def _public_key_pem(value: str) -> str:
 
 
 def _certificate_pem(value: str) -> str:
+    _single_pem_block(value)
     try:
         cert = x509.load_pem_x509_certificate(value.encode("utf-8"))
         key = cert.public_key()
     except ValueError as exc:
         raise ValueError("not a PEM X.509 certificate (-----BEGIN CERTIFICATE-----)") from exc
-    if isinstance(key, ed448.Ed448PublicKey) or not isinstance(
-        key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
-    ):
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         raise ValueError("certificate key type unsupported (use RSA, ECDSA or Ed25519)")
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
         raise ValueError(f"RSA key of {key.key_size} bits is too small (at least 2048)")
@@ -191,6 +207,7 @@ def _certificate_pem(value: str) -> str:
 
 
 def _rsa_public_key_pem(value: str) -> str:
+    _single_pem_block(value)
     try:
         key = serialization.load_pem_public_key(value.encode("utf-8"))
     except (ValueError, TypeError) as exc:
