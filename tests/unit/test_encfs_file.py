@@ -408,3 +408,20 @@ def test_parallel_decrypt_refuses_a_missing_node(big_plain: Path, tmp_path: Path
     with pytest.raises(VerificationError) as info:
         decrypt_file(KEY, sealed, tmp_path / "out", path="/data/big", workers=2)
     assert info.value.reason == "encfs_truncated"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_reports_every_plaintext_byte(
+    big_plain: Path, tmp_path: Path, workers: int
+) -> None:
+    done: list[int] = []
+    size = big_plain.stat().st_size
+    sealed = tmp_path / "sealed"
+    encrypt_file(KEY, big_plain, sealed, path="/p", workers=workers, progress=done.append)
+    assert sum(done) == size and len(done) > 2
+    done.clear()
+    decrypt_file(KEY, sealed, tmp_path / "out", path="/p", workers=workers, progress=done.append)
+    assert sum(done) == size
+    done.clear()
+    verify_file(KEY, sealed, path="/p", progress=done.append)
+    assert sum(done) == size

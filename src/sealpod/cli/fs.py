@@ -10,15 +10,16 @@ bound path and report it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from sealpod.cli._common import emit, json_option, read_bytes
+from sealpod.cli._common import emit, json_option, read_bytes, stdout_is_terminal
 from sealpod.encfs import (
     KEY_SIZE,
     EncryptedFileInfo,
@@ -108,6 +109,35 @@ def _check_path_flags(bound_path: str | None, verify_path: bool) -> None:
         raise click.UsageError("--path and --verify-path exclude each other")
 
 
+@contextlib.contextmanager
+def _progress(label: str, files: list[Path]) -> Iterator[Callable[[int], None] | None]:
+    """A byte progress bar on stderr when it is a terminal (else nothing)."""
+    total = sum(path.stat().st_size for path in files if path.is_file())
+    if not stdout_is_terminal() or total < (16 << 20):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.advance(task, done)
+
+
 def _record(info: EncryptedFileInfo, **extra: Any) -> dict[str, Any]:
     return {**extra, **info.to_dict()}
 
@@ -149,11 +179,13 @@ def encrypt(key_file: str, source: str, target: str, bound_path: str | None, as_
     """Encrypt a file, or a directory recursively, into Gramine encrypted files."""
     key = _load_key(key_file)
     results = []
-    for src, dst, relative in _jobs(Path(source), Path(target)):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        path = _bound(bound_path if bound_path is not None else str(target), relative)
-        info = encrypt_file(key, src, dst, path=path)
-        results.append(_record(info, input=str(src), output=str(dst)))
+    jobs = _jobs(Path(source), Path(target))
+    with _progress("encrypting", [job[0] for job in jobs]) as progress:
+        for src, dst, relative in jobs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            path = _bound(bound_path if bound_path is not None else str(target), relative)
+            info = encrypt_file(key, src, dst, path=path, progress=progress)
+            results.append(_record(info, input=str(src), output=str(dst)))
 
     def human() -> None:
         for item in results:
@@ -184,11 +216,13 @@ def decrypt(
     _check_path_flags(bound_path, verify_path)
     key = _load_key(key_file)
     results = []
-    for src, dst, relative in _jobs(Path(source), Path(target)):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        expected = _expected_path(bound_path, verify_path, Path(source), relative)
-        info = decrypt_file(key, src, dst, path=expected)
-        results.append(_record(info, input=str(src), output=str(dst), path_checked=expected))
+    jobs = _jobs(Path(source), Path(target))
+    with _progress("decrypting", [job[0] for job in jobs]) as progress:
+        for src, dst, relative in jobs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            expected = _expected_path(bound_path, verify_path, Path(source), relative)
+            info = decrypt_file(key, src, dst, path=expected, progress=progress)
+            results.append(_record(info, input=str(src), output=str(dst), path_checked=expected))
 
     def human() -> None:
         for item in results:
@@ -221,11 +255,12 @@ def verify(
     key = _load_key(key_file)
     results: list[dict[str, Any]] = []
     failures: list[VerificationError] = []
-    for name in files:
-        for src, _, relative in _jobs(Path(name), Path(name)):
+    jobs = [(name, job) for name in files for job in _jobs(Path(name), Path(name))]
+    with _progress("verifying", [job[0] for _, job in jobs]) as progress:
+        for name, (src, _, relative) in jobs:
             expected = _expected_path(bound_path, verify_path, Path(name), relative)
             try:
-                info = verify_file(key, src, path=expected)
+                info = verify_file(key, src, path=expected, progress=progress)
             except VerificationError as exc:
                 failures.append(exc)
                 results.append(

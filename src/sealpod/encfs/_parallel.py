@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 from cryptography.exceptions import InvalidTag
@@ -27,6 +27,7 @@ from sealpod.encfs._store import FileNodeStore, NodeStore
 from sealpod.errors import ConfigError, VerificationError
 
 _NODE = fmt.NODE_SIZE
+Progress = Callable[[int], None]
 _GROUP_NODES = fmt.DATA_ENTRIES_PER_MHT
 _GROUP_BYTES = _GROUP_NODES * _NODE
 
@@ -173,7 +174,13 @@ def _decrypt_group(task: tuple[str, str, int, bytes, int, int]) -> int:
 
 
 def encrypt_parallel(
-    key: bytes, path: bytes, source: str, target: str, target_fd: int, workers: int
+    key: bytes,
+    path: bytes,
+    source: str,
+    target: str,
+    target_fd: int,
+    workers: int,
+    progress: Progress | None = None,
 ) -> tuple[int, bytes]:
     """Encrypt ``source`` into the (empty, open) ``target``; returns (size, root MAC).
 
@@ -193,6 +200,8 @@ def encrypt_parallel(
         raise ConfigError(f"{source} changed while it was being encrypted")
     data += bytes(fmt.METADATA_DATA_SIZE - len(data))
     groups = fmt.mht_node_count(size)
+    if progress is not None:
+        progress(min(size, fmt.METADATA_DATA_SIZE))
 
     def tasks() -> Iterator[tuple[str, str, int, int, int]]:
         for index in range(groups):
@@ -208,6 +217,8 @@ def encrypt_parallel(
                 mht = bytearray(_NODE)
                 mht[: len(result)] = result
                 mhts.append(mht)
+                if progress is not None:
+                    progress(min(_GROUP_BYTES, size - fmt.mht_node_start(len(mhts) - 1)))
     except OSError as exc:
         raise ConfigError(f"cannot encrypt {source}: {exc.strerror or exc}") from exc
     store = FileNodeStore(target_fd, name=target)
@@ -244,6 +255,7 @@ def decrypt_parallel(
     target: str,
     target_fd: int,
     workers: int,
+    progress: Progress | None = None,
 ) -> fmt.Metadata:
     """Authenticate and decrypt ``source`` into the open ``target``.
 
@@ -259,6 +271,8 @@ def decrypt_parallel(
     out = FileNodeStore(target_fd, name=target)
     out.truncate(size)
     out.write(0, meta.data[: min(size, fmt.METADATA_DATA_SIZE)])
+    if progress is not None:
+        progress(min(size, fmt.METADATA_DATA_SIZE))
     data_nodes = fmt.data_node_count(size)
     groups = fmt.mht_node_count(size)
     # Open every MHT node first (top-down: a parent comes before its children).
@@ -294,12 +308,14 @@ def decrypt_parallel(
 
     try:
         with _pool(workers) as pool:
-            for failed in pool.map(_decrypt_group, tasks(), chunksize=4):
+            for index, failed in enumerate(pool.map(_decrypt_group, tasks(), chunksize=4)):
                 if failed >= 0:
                     pool.shutdown(cancel_futures=True)
                     raise VerificationError(
                         "encfs_bad_mac", f"data node {failed} failed authentication"
                     )
+                if progress is not None:
+                    progress(min(_GROUP_BYTES, size - fmt.mht_node_start(index)))
     except OSError as exc:
         raise ConfigError(f"cannot decrypt {source}: {exc.strerror or exc}") from exc
     return meta

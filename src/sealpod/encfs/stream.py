@@ -31,7 +31,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sealpod.encfs import _format as fmt
-from sealpod.encfs._parallel import decrypt_parallel, default_workers, encrypt_parallel, seal_tree
+from sealpod.encfs._parallel import (
+    Progress,
+    decrypt_parallel,
+    default_workers,
+    encrypt_parallel,
+    seal_tree,
+)
 from sealpod.encfs._store import FileNodeStore, MemoryNodeStore, NodeStore
 from sealpod.errors import ConfigError, VerificationError
 
@@ -179,7 +185,7 @@ def _decrypt_stream(
 # -- bytes --------------------------------------------------------------------------------
 
 
-def _filler(source: io.RawIOBase | io.BufferedIOBase) -> Fill:
+def _filler(source: io.RawIOBase | io.BufferedIOBase, progress: Progress | None = None) -> Fill:
     def fill(view: memoryview) -> int:
         total = 0
         while total < len(view):
@@ -187,6 +193,8 @@ def _filler(source: io.RawIOBase | io.BufferedIOBase) -> Fill:
             if not got:
                 break
             total += got
+        if progress is not None:
+            progress(total)
         return total
 
     return fill
@@ -266,11 +274,13 @@ def encrypt_file(
     path: str | bytes,
     mode: int = 0o644,
     workers: int | None = None,
+    progress: Progress | None = None,
 ) -> EncryptedFileInfo:
     """Encrypt the plaintext file ``source`` into ``target`` (atomically), bound to ``path``.
 
     ``workers`` processes share a large regular file (default: by size and CPU count; 1 keeps
-    everything in this process).
+    everything in this process). ``progress`` is called with each count of plaintext bytes
+    done.
 
     Raises:
         ConfigError: bad key or path, unreadable source, unwritable target.
@@ -280,13 +290,17 @@ def encrypt_file(
         status = os.fstat(plain.fileno())
         count = workers if workers is not None else default_workers(status.st_size)
         if count > 1 and stat.S_ISREG(status.st_mode):
-            size, tag = encrypt_parallel(raw_key, raw_path, str(source), str(tmp), fd, count)
+            size, tag = encrypt_parallel(
+                raw_key, raw_path, str(source), str(tmp), fd, count, progress
+            )
             info = EncryptedFileInfo(
                 path=os.fsdecode(raw_path), size=size, root_mac=tag, host_size=fmt.host_size(size)
             )
         else:
             try:
-                info = _encrypt_stream(raw_key, raw_path, _filler(plain), FileNodeStore(fd))
+                info = _encrypt_stream(
+                    raw_key, raw_path, _filler(plain, progress), FileNodeStore(fd)
+                )
             except OSError as exc:
                 raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from exc
     _logger.info("encrypted %s -> %s (%d bytes)", source, target, info.size)
@@ -301,11 +315,12 @@ def decrypt_file(
     path: str | bytes | None,
     mode: int = 0o600,
     workers: int | None = None,
+    progress: Progress | None = None,
 ) -> EncryptedFileInfo:
     """Authenticate and decrypt ``source`` into ``target`` (atomically; nothing on failure).
 
     ``path`` is the bound path to require; None accepts any (it is in the result).
-    ``workers`` as for :func:`encrypt_file`.
+    ``workers`` and ``progress`` as for :func:`encrypt_file`.
 
     Raises:
         ConfigError: bad key, unreadable source, unwritable target.
@@ -318,7 +333,7 @@ def decrypt_file(
         count = workers if workers is not None else default_workers(status.st_size)
         if count > 1 and stat.S_ISREG(status.st_mode):
             meta = decrypt_parallel(
-                raw_key, expected, str(source), sealed.fileno(), str(tmp), fd, count
+                raw_key, expected, str(source), sealed.fileno(), str(tmp), fd, count, progress
             )
             info = EncryptedFileInfo(
                 path=os.fsdecode(meta.path),
@@ -334,6 +349,8 @@ def decrypt_file(
                 nonlocal position
                 out.write(position, view)
                 position += len(view)
+                if progress is not None:
+                    progress(len(view))
 
             info = _decrypt_stream(
                 raw_key, expected, FileNodeStore(sealed.fileno(), name=str(source)), emit
@@ -343,11 +360,15 @@ def decrypt_file(
 
 
 def verify_file(
-    key: bytes, source: str | os.PathLike[str], *, path: str | bytes | None
+    key: bytes,
+    source: str | os.PathLike[str],
+    *,
+    path: str | bytes | None,
+    progress: Progress | None = None,
 ) -> EncryptedFileInfo:
     """Authenticate every node of ``source`` without writing plaintext anywhere.
 
-    The result carries the plaintext's SHA-256.
+    The result carries the plaintext's SHA-256. ``progress`` as for :func:`encrypt_file`.
 
     Raises:
         ConfigError: bad key, unreadable source.
@@ -356,9 +377,15 @@ def verify_file(
     raw_key = fmt.check_key(key)
     expected = None if path is None else os.fsencode(path)
     digest = hashlib.sha256()
+
+    def emit(view: memoryview) -> None:
+        digest.update(view)
+        if progress is not None:
+            progress(len(view))
+
     with _open_input(source) as sealed:
         info = _decrypt_stream(
-            raw_key, expected, FileNodeStore(sealed.fileno(), name=str(source)), digest.update
+            raw_key, expected, FileNodeStore(sealed.fileno(), name=str(source)), emit
         )
     return _with_digest(info, digest)
 
