@@ -467,6 +467,34 @@ def test_sandbox_refuses_internal_attributes_at_render(pki: PKI, template: str) 
     assert "unsafe" in message or "no attribute" in message
 
 
+def test_secrets_class_attribute_is_refused(pki: PKI) -> None:
+    # Statically, "__class__" is no secret's name...
+    assert _problem("{{ secrets.__class__ }}") == (
+        "services.web.env.V",
+        'unknown secret "__class__"',
+    )
+    # ...and at render time the sandbox refuses the attribute itself.
+    manifest = _unchecked(env={"V": "{{ secrets.__class__ }}"})
+    with pytest.raises(ManifestValidationError) as info:
+        render_service(manifest, "web", pki.context())
+    assert str(info.value) == (
+        "services.web.env.V: refused by the template sandbox: "
+        "access to attribute '__class__' of '_Secrets' object is unsafe."
+    )
+
+
+def test_globals_of_python_functions_are_unreachable(pki: PKI) -> None:
+    manifest = _unchecked(env={"V": "{{ sealpod.cert_chain.__init__.__globals__ }}"})
+    with pytest.raises(ManifestValidationError, match="unsafe"):
+        render_service(manifest, "web", pki.context())
+
+
+def test_loop_in_unchecked_manifest_is_refused_at_render(pki: PKI) -> None:
+    manifest = _unchecked(env={"V": "{% for c in sealpod.cert_chain %}x{% endfor %}"})
+    with pytest.raises(ManifestValidationError, match=r"\{% for %\} is not allowed"):
+        render_service(manifest, "web", pki.context())
+
+
 def test_huge_repetition_is_refused() -> None:
     path, message = _problem('{{ "x" * 100000 }}')
     assert path == "services.web.env.V"
