@@ -425,3 +425,13 @@ def test_progress_reports_every_plaintext_byte(
     done.clear()
     verify_file(KEY, sealed, path="/p", progress=done.append)
     assert sum(done) == size
+
+
+@pytest.mark.parametrize("size", [0, 3072, 3073])
+def test_parallel_path_handles_files_without_or_with_one_group(tmp_path: Path, size: int) -> None:
+    plain, sealed, back = tmp_path / "p", tmp_path / "s", tmp_path / "b"
+    plain.write_bytes(pattern(size))
+    encrypt_file(KEY, plain, sealed, path="/p", workers=2)
+    assert sealed.stat().st_size == readme_host_size(size)
+    decrypt_file(KEY, sealed, back, path="/p", workers=2)
+    assert back.read_bytes() == pattern(size)

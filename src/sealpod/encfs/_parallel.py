@@ -48,9 +48,10 @@ def default_workers(size: int) -> int:
     return max(1, min(8, round(cpus - busy_elsewhere), size // (4 << 20)))
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def _pool(workers: int, tasks: int) -> ProcessPoolExecutor:
     method = "fork" if threading.active_count() == 1 else "forkserver"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    context = multiprocessing.get_context(method)
+    return ProcessPoolExecutor(max(1, min(workers, tasks)), mp_context=context)
 
 
 def _pread_full(fd: int, size: int, offset: int) -> bytes:  # parent side: small reads
@@ -210,7 +211,7 @@ def encrypt_parallel(
 
     mhts: list[bytearray] = []
     try:
-        with _pool(workers) as pool:
+        with _pool(workers, groups) as pool:
             for result in pool.map(_encrypt_group, tasks(), chunksize=4):
                 if isinstance(result, str):
                     raise ConfigError(f"{source}: {result}")
@@ -307,7 +308,7 @@ def decrypt_parallel(
             yield source, target, index, group_entries, offset, min(_GROUP_BYTES, size - offset)
 
     try:
-        with _pool(workers) as pool:
+        with _pool(workers, groups) as pool:
             for index, failed in enumerate(pool.map(_decrypt_group, tasks(), chunksize=4)):
                 if failed >= 0:
                     pool.shutdown(cancel_futures=True)

@@ -29,6 +29,7 @@ it lie.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from collections import OrderedDict
@@ -63,7 +64,8 @@ class EncryptedFile:
     """One encrypted file, opened for reading or reading and writing.
 
     Use :meth:`open` (an existing host file), :meth:`create` (a new one) or
-    :meth:`from_store`; close it (or use ``with``) to commit. A handle is not thread-safe:
+    :meth:`from_store`; close it (or leave its ``with`` block normally) to commit; leaving the
+    block by an exception drops the uncommitted writes instead. A handle is not thread-safe:
     callers that share one (a FUSE server) serialise their calls. Only one writable handle
     may exist per host file.
     """
@@ -119,7 +121,7 @@ class EncryptedFile:
         length = store.length()
         fmt.check_host_length(length)
         meta = fmt.open_metadata(store.read(0, fmt.NODE_SIZE), self._key, expected, length)
-        if expected_root_mac is not None and meta.tag != expected_root_mac:
+        if expected_root_mac is not None and not hmac.compare_digest(meta.tag, expected_root_mac):
             raise VerificationError(
                 "encfs_root_mac_mismatch", "file is not the expected version (root MAC differs)"
             )
