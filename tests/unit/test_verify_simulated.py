@@ -194,3 +194,52 @@ def test_simulated_collateral_is_valid_on_its_last_second(
             policy=AppraisalPolicy(allow_simulation=True),
             simulated_root_der=platform.root_certificate_der(),
         )
+
+
+def test_revoked_pck_certificate_is_refused(
+    platform: Any, collateral: Collateral, tmp_path: Path
+) -> None:
+    """A PCK CRL (validly signed by the PCK CA) that lists the quote's PCK certificate."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    directory = Path(platform.directory)
+    ca_key_file, ca_file = directory / "pck_platform_ca.key", directory / "pck_platform_ca.pem"
+    if not ca_key_file.is_file() or not ca_file.is_file():
+        pytest.skip("the simulated platform keeps its PCK CA elsewhere")
+    ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    old = x509.load_der_x509_crl(collateral.pck_crl)
+    revoked = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(platform.pck_certificate.serial_number)
+        .revocation_date(dt.datetime.fromtimestamp(NOW - 60, dt.UTC))
+        .build()
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(old.last_update_utc)
+        .next_update(old.next_update_utc or old.last_update_utc)
+        .add_revoked_certificate(revoked)
+        .add_extension(x509.CRLNumber(2), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    revoking = collateral.model_copy(
+        update={"pck_crl": crl.public_bytes(serialization.Encoding.DER)}
+    )
+    with pytest.raises(VerificationError) as info:
+        verify_quote(
+            _quote(platform),
+            revoking,
+            at=NOW + 60,
+            policy=AppraisalPolicy(allow_simulation=True),
+            simulated_root_der=platform.root_certificate_der(),
+        )
+    assert info.value.reason == "revoked", str(info.value)
