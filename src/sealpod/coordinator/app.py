@@ -1,0 +1,412 @@
+"""The coordinator's HTTP API (FastAPI), built by :func:`create_app` from settings.
+
+JSON everywhere; every error is ``{"error": {"code": "...", "message": "..."}}`` with a 4xx/5xx
+status (manifest problems add ``"problems": [{"path", "message"}]``). Status codes: 400 for
+malformed input, 403 for evidence that fails verification, 404 for unknown things, 409 when the
+state does not allow the request (manifest already set, too many instances), 422 for an invalid
+manifest or request body, 503 in recovery mode or when the store is unavailable.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from cryptography.hazmat.primitives import serialization
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sealpod import __version__
+from sealpod.coordinator.errors import RequestRefusedError
+from sealpod.coordinator.service import (
+    ActivationRequestData,
+    Coordinator,
+    encode_files,
+)
+from sealpod.coordinator.settings import CoordinatorSettings
+from sealpod.errors import (
+    ConfigError,
+    EnvironmentUnavailableError,
+    QuoteFormatError,
+    SealpodError,
+    VerificationError,
+)
+from sealpod.manifest import ManifestValidationError
+from sealpod.pki import certificates_to_pem
+from sealpod.store import StoreConflictError
+
+__all__ = ["create_app"]
+
+_logger = logging.getLogger(__name__)
+
+# VerificationError reasons that mean "your request is malformed" rather than "your evidence
+# is not acceptable".
+_BAD_REQUEST_REASONS = frozenset(
+    {
+        "malformed_quote",
+        "malformed_collateral",
+        "malformed_csr",
+        "csr_signature_invalid",
+        "csr_key_unsupported",
+    }
+)
+_SERVICE_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_INSTANCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}$"
+_HEX = r"^([0-9a-fA-F]{2})+$"
+
+
+# -- wire models -----------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorBody(_Model):
+    """The inside of an error response."""
+
+    code: str
+    message: str
+    problems: list[dict[str, str]] | None = None
+
+
+class ErrorResponse(_Model):
+    """Every error response."""
+
+    error: ErrorBody
+
+
+class StatusResponse(_Model):
+    """``GET /api/v1/status``."""
+
+    state: Literal["accepting-manifest", "accepting-services", "recovery"]
+    simulated: bool
+    version: str
+    tee: str
+    manifest_sha256: str | None
+
+
+class QuoteResponse(_Model):
+    """``GET /api/v1/quote``: report_data = SHA-256(root_cert_der ‖ nonce) ‖ 0³²."""
+
+    root_certificate: str = Field(description="PEM of the coordinator root CA (pin this)")
+    certificate_chain: str = Field(description="PEM: the root, then the mesh intermediates")
+    quote: str = Field(description="hex")
+    collateral: dict[str, str] | None = Field(
+        description="dcap-qvl QuoteCollateralV3 JSON form (null: fetch it from a PCCS)"
+    )
+    simulated: bool
+
+
+class ManifestSetResponse(_Model):
+    """``POST /api/v1/manifest``."""
+
+    manifest_sha256: str
+    recovery_shares: dict[str, str] = Field(
+        description="recovery key name -> base64 RSA-OAEP encrypted share (returned only once)"
+    )
+
+
+class ManifestResponse(_Model):
+    """``GET /api/v1/manifest``."""
+
+    manifest: dict[str, Any]
+    sha256: str = Field(description="SHA-256 of the canonical JSON of the manifest")
+    signature: str = Field(description="base64 DER ECDSA signature by the root CA key")
+    signature_algorithm: str = Field(description="ecdsa-sha384 over the canonical JSON")
+
+
+class NonceResponse(_Model):
+    """``POST /api/v1/activation/nonce``."""
+
+    nonce: str = Field(description="hex; single use")
+    expires_at: float = Field(description="epoch seconds")
+
+
+class ActivationRequest(_Model):
+    """``POST /api/v1/activation``."""
+
+    service: Annotated[str, Field(pattern=_SERVICE_PATTERN)]
+    instance: Annotated[str, Field(pattern=_INSTANCE_PATTERN)]
+    csr: Annotated[str, Field(max_length=65536, description="PEM PKCS#10")]
+    nonce: Annotated[str, Field(pattern=_HEX, max_length=256)]
+    quote: Annotated[str, Field(pattern=_HEX, max_length=1 << 17, description="hex")]
+    collateral: dict[str, Any] | None = Field(
+        default=None, description="dcap-qvl QuoteCollateralV3 JSON form"
+    )
+
+
+class ActivationResponse(_Model):
+    """What an activated instance receives."""
+
+    service: str
+    instance: str
+    simulated: bool
+    certificate: str = Field(description="PEM leaf")
+    certificate_chain: str = Field(description="PEM: leaf, then the issuing mesh intermediate")
+    trust_bundle: str = Field(description="PEM: current and previous mesh intermediates")
+    root_certificate: str = Field(description="PEM: the coordinator root (mesh trust anchor)")
+    files: dict[str, str] = Field(description="absolute path -> base64 content")
+    env: dict[str, str]
+    argv: list[str] | None
+    private_key_placeholder: str = Field(
+        description="replace this text with the instance's own PEM private key"
+    )
+
+
+class AuditEntryModel(_Model):
+    """One hash-chained audit entry."""
+
+    seq: int
+    time: str
+    event: dict[str, Any]
+    prev: str
+    hash: str
+
+
+class AuditHeadModel(_Model):
+    """The sealed audit head."""
+
+    count: int
+    hash: str
+
+
+class AuditResponse(_Model):
+    """``GET /api/v1/audit``."""
+
+    entries: list[AuditEntryModel]
+    head: AuditHeadModel | None
+
+
+class HealthResponse(_Model):
+    """``GET /healthz``."""
+
+    status: Literal["ok"]
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 403, 404, 409, 422, 503)
+}
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update(extra)
+    return JSONResponse(status_code=status, content={"error": body})
+
+
+def _status_code_name(status: int) -> str:
+    return {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "too_large",
+        415: "unsupported_media_type",
+    }.get(status, f"http_{status}")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestRefusedError)
+    async def _refused(_request: Request, exc: RequestRefusedError) -> JSONResponse:
+        return _error(exc.status, exc.code, str(exc))
+
+    @app.exception_handler(VerificationError)
+    async def _verification(_request: Request, exc: VerificationError) -> JSONResponse:
+        status = 400 if exc.reason in _BAD_REQUEST_REASONS else 403
+        return _error(status, exc.reason, str(exc))
+
+    @app.exception_handler(QuoteFormatError)
+    async def _quote_format(_request: Request, exc: QuoteFormatError) -> JSONResponse:
+        return _error(400, "malformed_quote", str(exc))
+
+    @app.exception_handler(ManifestValidationError)
+    async def _manifest(_request: Request, exc: ManifestValidationError) -> JSONResponse:
+        problems = [problem.to_json() for problem in exc.problems]
+        return _error(422, "manifest_invalid", str(exc), problems=problems)
+
+    @app.exception_handler(StoreConflictError)
+    async def _conflict(_request: Request, exc: StoreConflictError) -> JSONResponse:
+        return _error(503, "busy", "the state store is busy; retry")
+
+    @app.exception_handler(EnvironmentUnavailableError)
+    async def _unavailable(_request: Request, exc: EnvironmentUnavailableError) -> JSONResponse:
+        _logger.error("environment unavailable: %s", exc)
+        return _error(503, "unavailable", "the coordinator cannot serve this request now")
+
+    @app.exception_handler(ConfigError)
+    async def _config(_request: Request, exc: ConfigError) -> JSONResponse:
+        return _error(400, "invalid_request", str(exc))
+
+    @app.exception_handler(SealpodError)
+    async def _sealpod(_request: Request, exc: SealpodError) -> JSONResponse:
+        return _error(400, "refused", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        return _error(422, "invalid_request", message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, _status_code_name(exc.status_code), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+        _logger.exception("internal error")
+        return _error(500, "internal_error", "internal error")
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def _pem(certificate: Any) -> str:
+    return str(certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"))
+
+
+def create_app(
+    settings: CoordinatorSettings | None = None, *, coordinator: Coordinator | None = None
+) -> FastAPI:
+    """The coordinator's FastAPI application.
+
+    Opens a :class:`~sealpod.coordinator.service.Coordinator` from ``settings`` unless one is
+    given; the app closes it on shutdown.
+
+    Raises:
+        ConfigError: neither settings nor a coordinator, or bad settings.
+        EnvironmentUnavailableError: the TEE or the database is unavailable.
+        VerificationError: the sealed state was tampered with.
+    """
+    if coordinator is None:
+        if settings is None:
+            raise ConfigError("create_app needs settings or a coordinator")
+        coordinator = Coordinator.open(settings)
+    core = coordinator
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        core.close()
+
+    app = FastAPI(
+        title="sealpod coordinator",
+        version=__version__,
+        description="Attested control plane: manifest, activation, PKI, audit.",
+        lifespan=lifespan,
+    )
+    app.state.coordinator = core
+    _install_error_handlers(app)
+
+    @app.get("/healthz", response_model=HealthResponse)
+    def healthz() -> HealthResponse:
+        return HealthResponse(status="ok")
+
+    @app.get("/api/v1/status", response_model=StatusResponse)
+    def status() -> StatusResponse:
+        return StatusResponse.model_validate(core.status())
+
+    @app.get("/api/v1/quote", response_model=QuoteResponse, responses=_ERRORS)
+    def quote(
+        nonce: Annotated[str, Query(pattern=_HEX, max_length=128, description="hex")],
+    ) -> QuoteResponse:
+        evidence = core.evidence(bytes.fromhex(nonce))
+        return QuoteResponse(
+            root_certificate=_pem(evidence.root_certificate),
+            certificate_chain=certificates_to_pem(evidence.certificate_chain).decode("ascii"),
+            quote=evidence.quote.hex(),
+            collateral=dict(evidence.collateral) if evidence.collateral is not None else None,
+            simulated=evidence.simulated,
+        )
+
+    @app.post(
+        "/api/v1/manifest",
+        response_model=ManifestSetResponse,
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/yaml": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def set_manifest(request: Request) -> ManifestSetResponse:
+        document = await request.body()
+        # The work (validation, dry run, key generation, store) blocks: run it off the loop.
+        accepted = await run_in_threadpool(core.set_manifest, document)
+        return ManifestSetResponse(
+            manifest_sha256=accepted.sha256.hex(),
+            recovery_shares={
+                name: base64.b64encode(share).decode("ascii")
+                for name, share in accepted.recovery_shares.items()
+            },
+        )
+
+    @app.get("/api/v1/manifest", response_model=ManifestResponse, responses=_ERRORS)
+    def get_manifest() -> ManifestResponse:
+        info = core.manifest_info()
+        return ManifestResponse(
+            manifest=info.manifest.model_dump(mode="json"),
+            sha256=info.sha256.hex(),
+            signature=base64.b64encode(info.signature).decode("ascii"),
+            signature_algorithm=info.signature_algorithm,
+        )
+
+    @app.post("/api/v1/activation/nonce", response_model=NonceResponse, responses=_ERRORS)
+    def activation_nonce() -> NonceResponse:
+        issued = core.new_nonce()
+        return NonceResponse(nonce=issued.value.hex(), expires_at=issued.expires_at)
+
+    @app.post("/api/v1/activation", response_model=ActivationResponse, responses=_ERRORS)
+    def activation(body: Annotated[ActivationRequest, Body()]) -> ActivationResponse:
+        outcome = core.activate(
+            ActivationRequestData(
+                service=body.service,
+                instance=body.instance,
+                csr_pem=body.csr,
+                nonce_hex=body.nonce,
+                quote_hex=body.quote,
+                collateral=body.collateral,
+            )
+        )
+        rendered = outcome.rendered
+        return ActivationResponse(
+            service=outcome.service,
+            instance=outcome.instance,
+            simulated=outcome.evidence.simulated,
+            certificate=_pem(outcome.certificate),
+            certificate_chain=certificates_to_pem(outcome.certificate_chain).decode("ascii"),
+            trust_bundle=certificates_to_pem(outcome.trust_bundle).decode("ascii"),
+            root_certificate=_pem(outcome.root_certificate),
+            files=encode_files(rendered.files),
+            env=dict(rendered.env),
+            argv=None if rendered.argv is None else list(rendered.argv),
+            private_key_placeholder=outcome.private_key_placeholder,
+        )
+
+    @app.get("/api/v1/audit", response_model=AuditResponse, responses=_ERRORS)
+    def audit(
+        start: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> AuditResponse:
+        entries, head = core.audit_entries(start=start, limit=limit)
+        return AuditResponse(
+            entries=[AuditEntryModel.model_validate(entry.to_dict()) for entry in entries],
+            head=None if head is None else AuditHeadModel(count=head.count, hash=head.hash),
+        )
+
+    return app

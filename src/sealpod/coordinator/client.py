@@ -1,0 +1,377 @@
+"""Client side of the coordinator: attest it, pin its root, activate a service.
+
+* :func:`verify_coordinator` fetches ``/api/v1/quote`` with a fresh nonce over TLS *without*
+  trusting anything yet, verifies the quote (chain, collateral, identity, simulation policy) and
+  that its report data is ``SHA-256(root_cert_der ‖ nonce) ‖ 0³²`` for the root it returned, and
+  only then returns that root. The first connection needs no trust: an impostor cannot make a
+  quote binding its own root, and every later call (:func:`pinned_client`) verifies the server's
+  TLS certificate against the pinned root only.
+* :func:`activate` makes a key pair and CSR locally (the private key never leaves), gets a
+  nonce, quotes ``SHA-256("sealpod-activation-v1" ‖ SPKI ‖ nonce) ‖ 0³²`` with the TEE backend,
+  and checks what it receives: the certificate is for its key and chains to the pinned root.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sealpod.attestation.collateral import Collateral
+from sealpod.attestation.policy import AppraisalPolicy
+from sealpod.attestation.verify import VerifiedEvidence, verify_quote
+from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
+from sealpod.coordinator.errors import RequestRefusedError
+from sealpod.errors import ConfigError, NetworkError, VerificationError
+from sealpod.pki import public_key_der, verify_chain
+from sealpod.tee import SimulationBackend, TEEBackend
+
+__all__ = [
+    "ActivationResult",
+    "VerifiedCoordinator",
+    "activate",
+    "pinned_client",
+    "verify_coordinator",
+]
+
+_logger = logging.getLogger(__name__)
+
+_DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class VerifiedCoordinator:
+    """An attested coordinator: its pinned root and what its quote proved."""
+
+    url: str
+    root_certificate: x509.Certificate
+    root_pem: bytes
+    evidence: VerifiedEvidence
+    simulated: bool
+
+
+@dataclass(frozen=True, repr=False)
+class ActivationResult:
+    """What an activation delivered. Secrets (key, files, env) never appear in ``repr``."""
+
+    service: str
+    instance: str
+    simulated: bool
+    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
+    certificate: x509.Certificate
+    certificate_chain: tuple[x509.Certificate, ...]
+    trust_bundle: tuple[x509.Certificate, ...]
+    root_certificate: x509.Certificate
+    files: dict[str, bytes] = field(repr=False)
+    env: dict[str, str] = field(repr=False)
+    argv: list[str] | None = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationResult(service={self.service!r}, instance={self.instance!r}, "
+            f"simulated={self.simulated}, files={sorted(self.files)}, env={sorted(self.env)})"
+        )
+
+    def private_key_pem(self) -> bytes:
+        """The instance's private key, PKCS#8 PEM."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def _base(url: str) -> str:
+    if not url.startswith("https://"):
+        raise ConfigError(f"coordinator URL {url!r} must start with https://")
+    return url.rstrip("/")
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    code = f"http_{response.status_code}"
+    message = response.reason_phrase
+    try:
+        body = response.json()
+        error = body["error"]
+        code = str(error["code"])
+        message = str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    if response.status_code == 403:
+        # The coordinator's message starts with the reason already.
+        raise VerificationError(code, message.removeprefix(f"{code}: "))
+    raise RequestRefusedError(code, message.removeprefix(f"{code}: "), status=response.status_code)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    _raise_for_error(response)
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise NetworkError("the coordinator answered with something that is not JSON") from exc
+    if not isinstance(body, dict):
+        raise NetworkError("the coordinator answered with an unexpected JSON document")
+    return body
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind):
+        raise VerificationError("malformed_response", f"the coordinator's {name} is missing")
+    return value
+
+
+def pinned_ssl_context(root_pem: bytes) -> ssl.SSLContext:
+    """A client TLS context that trusts only ``root_pem`` (and checks the host name).
+
+    Raises:
+        ConfigError: ``root_pem`` is not a PEM certificate.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_verify_locations(cadata=root_pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError("the pinned coordinator root is not a PEM certificate") from exc
+    return context
+
+
+def pinned_client(url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOUT) -> httpx.Client:
+    """An HTTP client for ``url`` that verifies TLS against the pinned root only.
+
+    Raises:
+        ConfigError: not an https URL, or a bad root.
+    """
+    return httpx.Client(base_url=_base(url), verify=pinned_ssl_context(root_pem), timeout=timeout)
+
+
+def verify_coordinator(
+    url: str,
+    *,
+    expect_mrenclave: bytes | None = None,
+    allow_simulation: bool = False,
+    simulated_root_der: bytes | None = None,
+    trust_root_der: bytes | None = None,
+    collateral: Collateral | None = None,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> VerifiedCoordinator:
+    """Attest the coordinator at ``url`` and return its root certificate to pin.
+
+    Args:
+        url: ``https://host:port``.
+        expect_mrenclave: the coordinator's expected MRENCLAVE. May be omitted only together
+            with ``allow_simulation`` (then any identity is accepted, with a warning).
+        allow_simulation: accept simulated evidence (INSECURE; logs a warning).
+        simulated_root_der: the simulated SGX root to accept (e.g. the local ``sealpod sim``
+            platform's); needed to verify a simulated coordinator.
+        trust_root_der: a root to pin instead of Intel's (tests).
+        collateral: collateral to use instead of the one the coordinator sends.
+        clock: epoch seconds now.
+
+    Raises:
+        ConfigError: bad URL or arguments.
+        NetworkError: the coordinator cannot be reached.
+        VerificationError: the quote, its identity or its binding to the root fails.
+        QuoteFormatError: the quote does not parse.
+    """
+    base = _base(url)
+    if expect_mrenclave is None:
+        if not allow_simulation:
+            raise ConfigError("give the coordinator's expected MRENCLAVE (expect_mrenclave)")
+        _logger.warning("INSECURE: accepting any coordinator identity (no expected MRENCLAVE)")
+    elif len(expect_mrenclave) != 32:
+        raise ConfigError("expect_mrenclave must be 32 bytes")
+    nonce = secrets.token_bytes(32)
+    try:
+        # No trust yet: the quote below is what establishes it (see the module docstring).
+        with httpx.Client(base_url=base, verify=False, timeout=timeout) as client:  # noqa: S501
+            body = _json(client.get("/api/v1/quote", params={"nonce": nonce.hex()}))
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {base}: {exc}") from exc
+    root_pem = str(_field(body, "root_certificate", str)).encode("ascii", "replace")
+    try:
+        root = x509.load_pem_x509_certificate(root_pem)
+    except ValueError as exc:
+        raise VerificationError(
+            "malformed_response", "the root certificate does not parse"
+        ) from exc
+    root_der = root.public_bytes(serialization.Encoding.DER)
+    try:
+        quote = bytes.fromhex(_field(body, "quote", str))
+    except ValueError as exc:
+        raise VerificationError("malformed_response", "the quote is not hex") from exc
+    if collateral is None:
+        raw_collateral = body.get("collateral")
+        if not isinstance(raw_collateral, dict):
+            raise VerificationError(
+                "collateral_missing", "the coordinator sent no collateral; pass it explicitly"
+            )
+        collateral = Collateral.from_mapping(raw_collateral)
+    policy = AppraisalPolicy(
+        tee="sgx",
+        mrenclave=None if expect_mrenclave is None else (expect_mrenclave,),
+        allow_simulation=allow_simulation,
+        expected_report_data=coordinator_report_data(root_der, nonce),
+    )
+    evidence = verify_quote(
+        quote,
+        collateral,
+        at=int(clock()),
+        policy=policy,
+        trust_root_der=trust_root_der,
+        simulated_root_der=simulated_root_der,
+    )
+    _logger.info(
+        "coordinator at %s attested (MRENCLAVE %s, simulated=%s)",
+        base,
+        evidence.mr_enclave.hex() if evidence.mr_enclave else "?",
+        evidence.simulated,
+    )
+    return VerifiedCoordinator(
+        url=base,
+        root_certificate=root,
+        root_pem=root.public_bytes(serialization.Encoding.PEM),
+        evidence=evidence,
+        simulated=evidence.simulated,
+    )
+
+
+def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:
+    try:
+        certificates = tuple(x509.load_pem_x509_certificates(pem.encode("ascii")))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise VerificationError("malformed_response", f"{what} does not parse") from exc
+    if not certificates:
+        raise VerificationError("malformed_response", f"{what} is empty")
+    return certificates
+
+
+def activate(
+    url: str,
+    root_pem: bytes,
+    service: str,
+    instance: str,
+    backend: TEEBackend,
+    *,
+    collateral: Collateral | Mapping[str, Any] | None = None,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> ActivationResult:
+    """Activate ``service``/``instance`` at the coordinator pinned by ``root_pem``.
+
+    ``collateral`` defaults to the simulated platform's when ``backend`` is simulated; with
+    hardware it must be given (from a PCCS).
+
+    Raises:
+        ConfigError: bad URL, root or arguments; no collateral for a hardware backend.
+        NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
+        VerificationError: the coordinator refused the evidence (``reason`` from it), or its
+            answer does not check out (certificate not for our key, bad chain).
+        RequestRefusedError: another refusal (unknown service, too many instances, ...).
+    """
+    if collateral is None:
+        if not isinstance(backend, SimulationBackend):
+            raise ConfigError("collateral is needed to activate with a hardware TEE")
+        collateral_json: Mapping[str, Any] = backend.platform.collateral()
+    elif isinstance(collateral, Collateral):
+        collateral_json = collateral.to_mapping()
+    else:
+        collateral_json = dict(collateral)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+        .sign(key, hashes.SHA256())
+    )
+    spki = public_key_der(key.public_key())
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            nonce_body = _json(client.post("/api/v1/activation/nonce"))
+            nonce = bytes.fromhex(_field(nonce_body, "nonce", str))
+            quote = backend.quote(activation_report_data(spki, nonce))
+            body = _json(
+                client.post(
+                    "/api/v1/activation",
+                    json={
+                        "service": service,
+                        "instance": instance,
+                        "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                        "nonce": nonce.hex(),
+                        "quote": quote.hex(),
+                        "collateral": dict(collateral_json),
+                    },
+                )
+            )
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"activation at {url} failed: {exc}") from exc
+    except ValueError as exc:
+        raise VerificationError("malformed_response", "the nonce is not hex") from exc
+    return _check_activation(body, key, root_pem, service, instance, clock)
+
+
+def _check_activation(
+    body: Mapping[str, Any],
+    key: ec.EllipticCurvePrivateKey,
+    root_pem: bytes,
+    service: str,
+    instance: str,
+    clock: Callable[[], float],
+) -> ActivationResult:
+    root = x509.load_pem_x509_certificate(root_pem)
+    chain = _certificates(_field(body, "certificate_chain", str), "certificate_chain")
+    bundle = _certificates(_field(body, "trust_bundle", str), "trust_bundle")
+    leaf = chain[0]
+    if public_key_der(leaf.public_key()) != public_key_der(key.public_key()):
+        raise VerificationError(
+            "certificate_key_mismatch", "the coordinator certified another key than ours"
+        )
+    now = datetime.datetime.fromtimestamp(clock(), datetime.UTC)
+    verify_chain(leaf, chain[1:], root, now, require_client_auth=True)
+    placeholder = str(_field(body, "private_key_placeholder", str))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+    files: dict[str, bytes] = {}
+    for path, encoded in dict(_field(body, "files", dict)).items():
+        try:
+            content = base64.b64decode(str(encoded), validate=True)
+        except ValueError as exc:
+            raise VerificationError("malformed_response", f"file {path} is not base64") from exc
+        files[str(path)] = content.replace(placeholder.encode("ascii"), key_pem.encode("ascii"))
+    env = {
+        str(name): str(value).replace(placeholder, key_pem)
+        for name, value in dict(_field(body, "env", dict)).items()
+    }
+    raw_argv = body.get("argv")
+    argv = None if raw_argv is None else [str(a).replace(placeholder, key_pem) for a in raw_argv]
+    simulated = bool(body.get("simulated"))
+    return ActivationResult(
+        service=service,
+        instance=instance,
+        simulated=simulated,
+        private_key=key,
+        certificate=leaf,
+        certificate_chain=chain,
+        trust_bundle=bundle,
+        root_certificate=root,
+        files=files,
+        env=env,
+        argv=argv,
+    )

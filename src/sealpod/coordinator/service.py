@@ -1,0 +1,807 @@
+"""The coordinator service: state machine, its own identity and PKI, manifest, activation.
+
+States (issue 3 §2)::
+
+    accepting-manifest ──POST /manifest──▶ accepting-services
+    recovery: the sealed state exists but this TEE's sealing key does not open it
+
+Invariants:
+
+* Everything persistent lives in the sealed store (:mod:`sealpod.store`): the coordinator CA,
+  the manifest (canonical JSON) and its signature, generated secrets, instance records and the
+  hash-chained audit log. Every change is one store transaction together with its audit entry.
+* An activation releases anything only after, in this order: the service exists, the nonce is
+  fresh and now consumed, the CSR parses, the quote verifies under a pinned root with the
+  package's policy from the manifest (identity, debug, TCB, simulation) and its report data is
+  ``SHA-256("sealpod-activation-v1" ‖ SPKI(csr) ‖ nonce) ‖ 0³²``, and ``max_instances`` leaves
+  room. Every refusal (activation or manifest) is appended to the audit log with its reason.
+* The service's private key never reaches the coordinator: templates that use
+  ``sealpod.private_key`` are rendered with a random placeholder, which the client replaces with
+  its key (:attr:`ActivationOutcome.private_key_placeholder`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import enum
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from pydantic import ValidationError
+
+from sealpod import __version__
+from sealpod.attestation.collateral import Collateral
+from sealpod.attestation.policy import AppraisalPolicy
+from sealpod.attestation.verify import VerifiedEvidence, verify_quote
+from sealpod.coordinator._secrets import SecretResolver
+from sealpod.coordinator.binding import (
+    MAX_NONCE_BYTES,
+    MIN_NONCE_BYTES,
+    activation_report_data,
+    coordinator_report_data,
+)
+from sealpod.coordinator.errors import RequestRefusedError
+from sealpod.coordinator.identity import coordinator_identity
+from sealpod.coordinator.nonces import IssuedNonce, NonceRegistry
+from sealpod.coordinator.settings import CoordinatorSettings
+from sealpod.errors import ConfigError, QuoteFormatError, SealpodError, VerificationError
+from sealpod.manifest import (
+    Certificate,
+    CertificateChain,
+    Manifest,
+    ManifestValidationError,
+    Package,
+    Policy,
+    PrivateKey,
+    RenderContext,
+    RenderedService,
+    canonical_json,
+    manifest_digest,
+    parse_manifest_document,
+    render_service,
+    secrets_referenced,
+    validate_manifest,
+)
+from sealpod.pki import CertifiedKey, CoordinatorCA, public_key_der
+from sealpod.store import (
+    AuditEntry,
+    AuditHead,
+    AuditLog,
+    RecoveryShare,
+    SealedStateStore,
+    StoreSealedError,
+    Transaction,
+    open_store,
+)
+from sealpod.tee import (
+    SimulatedPlatform,
+    SimulationBackend,
+    TEEBackend,
+    default_platform_dir,
+    get_backend,
+)
+
+__all__ = [
+    "ActivationOutcome",
+    "ActivationRequestData",
+    "Coordinator",
+    "CoordinatorEvidence",
+    "CoordinatorState",
+    "ManifestAccepted",
+    "ManifestInfo",
+    "package_policy",
+]
+
+_logger = logging.getLogger(__name__)
+
+_NS = "coordinator"
+_CA_KEY = "ca"
+_MANIFEST_KEY = "manifest"
+_MANIFEST_SIGNATURE_KEY = "manifest-signature"
+_SIGNATURE_ALGORITHM = "ecdsa-sha384"
+
+
+def _instance_namespace(service: str) -> str:
+    return f"instance/{service}"
+
+
+class CoordinatorState(enum.StrEnum):
+    """Where the coordinator is in its life cycle."""
+
+    ACCEPTING_MANIFEST = "accepting-manifest"
+    ACCEPTING_SERVICES = "accepting-services"
+    RECOVERY = "recovery"
+
+
+@dataclass(frozen=True)
+class CoordinatorEvidence:
+    """The coordinator's answer to ``GET /api/v1/quote``."""
+
+    root_certificate: x509.Certificate
+    certificate_chain: tuple[x509.Certificate, ...]
+    quote: bytes
+    collateral: Mapping[str, str] | None
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class ManifestAccepted:
+    """The result of setting the manifest; the recovery shares are handed out only here."""
+
+    sha256: bytes
+    recovery_shares: dict[str, bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """The current manifest, its digest and the coordinator root's signature over it."""
+
+    manifest: Manifest
+    canonical: bytes
+    sha256: bytes
+    signature: bytes
+    signature_algorithm: str = _SIGNATURE_ALGORITHM
+
+
+@dataclass(frozen=True)
+class ActivationRequestData:
+    """What a service sends to activate (already decoded from JSON, not yet checked)."""
+
+    service: str
+    instance: str
+    csr_pem: str
+    nonce_hex: str
+    quote_hex: str
+    collateral: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, repr=False)
+class ActivationOutcome:
+    """What an activated instance receives."""
+
+    service: str
+    instance: str
+    certificate: x509.Certificate
+    certificate_chain: tuple[x509.Certificate, ...]
+    trust_bundle: tuple[x509.Certificate, ...]
+    root_certificate: x509.Certificate
+    rendered: RenderedService
+    private_key_placeholder: str
+    evidence: VerifiedEvidence
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationOutcome(service={self.service!r}, instance={self.instance!r}, "
+            f"simulated={self.evidence.simulated}, rendered={self.rendered!r})"
+        )
+
+
+class _KeyPlaceholder:
+    """Stands in for the service's private key while rendering (the coordinator never has it).
+
+    The ``pem`` filter calls ``private_bytes``; we return a random token the client replaces.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode("ascii")
+
+    def private_bytes(self, *_args: object) -> bytes:
+        return self._token
+
+
+def package_policy(
+    package: Package, policy: Policy, *, expected_report_data: bytes | None = None
+) -> AppraisalPolicy:
+    """The appraisal policy a package of the manifest stands for.
+
+    Raises:
+        ConfigError: the package states no identity, or the policy fields are inconsistent.
+    """
+    if package.mrenclave is None and package.mrsigner is None:
+        raise ConfigError("the package names neither mrenclave nor mrsigner")
+    data: dict[str, Any] = {
+        "tee": "sgx",
+        "accepted_tcb_statuses": package.accepted_tcb_statuses,
+        "rejected_advisories": package.rejected_advisories,
+        "allow_debug": package.debug,
+        "allow_simulation": policy.allow_simulation,
+    }
+    if package.mrenclave is not None:
+        data["mrenclave"] = package.mrenclave
+    if package.mrsigner is not None:
+        data["mrsigner"] = package.mrsigner
+        data["isv_prod_id"] = package.isv_prod_id
+    if package.min_isv_svn is not None:
+        data["min_isv_svn"] = package.min_isv_svn
+    if expected_report_data is not None:
+        data["expected_report_data"] = expected_report_data
+    try:
+        return AppraisalPolicy.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"package policy: {exc.errors()[0]['msg']}") from exc
+
+
+def _refusal_code(exc: SealpodError) -> str:
+    if isinstance(exc, RequestRefusedError):
+        return exc.code
+    if isinstance(exc, VerificationError):
+        return exc.reason
+    if isinstance(exc, QuoteFormatError):
+        return "malformed_quote"
+    if isinstance(exc, ManifestValidationError):
+        return "manifest_invalid"
+    if isinstance(exc, ConfigError):
+        return "invalid_request"
+    return "refused"
+
+
+class Coordinator:
+    """One coordinator: its TEE, its sealed state and what it serves. Thread-safe.
+
+    Build with :meth:`open`.
+    """
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        backend: TEEBackend,
+        store: SealedStateStore | None,
+        *,
+        sealed_error: StoreSealedError | None = None,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._store = store
+        self._sealed_error = sealed_error
+        self._lock = threading.Lock()
+        self._nonces = NonceRegistry(ttl=settings.nonce_ttl, capacity=settings.max_pending_nonces)
+        self._ca: CoordinatorCA | None = None
+        self._manifest: ManifestInfo | None = None
+        self._simulated_root = settings.simulated_root_der
+        if self._simulated_root is None and isinstance(backend, SimulationBackend):
+            self._simulated_root = backend.platform.root_certificate_der()
+        if store is not None:
+            self._load_or_initialise(store)
+
+    def __repr__(self) -> str:
+        return f"Coordinator(state={self.state.value}, simulated={self.simulated})"
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, settings: CoordinatorSettings, *, backend: TEEBackend | None = None
+    ) -> Coordinator:
+        """Open the TEE backend and the sealed store; create the CA on first start.
+
+        The simulated coordinator claims :func:`~sealpod.coordinator.identity.coordinator_identity`.
+        A store that this TEE's sealing key cannot open puts the coordinator in ``recovery``.
+
+        Raises:
+            ConfigError: bad settings (state URL, ...).
+            EnvironmentUnavailableError: no simulated platform / no Gramine device, or the
+                database cannot be used.
+            VerificationError: the sealed state was tampered with.
+        """
+        if backend is None:
+            if settings.tee == "simulation":
+                directory = settings.sim_dir or default_platform_dir()
+                platform = SimulatedPlatform.load(directory)
+                backend = SimulationBackend(platform, coordinator_identity())
+            else:
+                backend = get_backend("gramine", gramine_root=settings.gramine_root)
+        if settings.state_url.startswith("sqlite:///"):
+            Path(settings.state_url[len("sqlite://") :]).parent.mkdir(
+                parents=True, exist_ok=True, mode=0o700
+            )
+        sealing_key = backend.sealing_key("mrsigner")
+        try:
+            store = open_store(settings.state_url, sealing_key)
+        except StoreSealedError as exc:
+            _logger.error("the sealed state cannot be unsealed; entering recovery: %s", exc)
+            return cls(settings, backend, None, sealed_error=exc)
+        return cls(settings, backend, store)
+
+    def _load_or_initialise(self, store: SealedStateStore) -> None:
+        now = self._now_datetime()
+        simulated = self.simulated
+        name = self._settings.name
+
+        def body(tx: Transaction) -> CoordinatorCA:
+            raw = tx.get(_NS, _CA_KEY)
+            if raw is not None:
+                return CoordinatorCA.from_bytes(raw)
+            ca = CoordinatorCA.create(now=now, name=name, simulated=simulated)
+            tx.put(_NS, _CA_KEY, ca.to_bytes())
+            AuditLog.append(
+                tx,
+                {
+                    "type": "coordinator_initialized",
+                    "root_sha256": ca.root_certificate.fingerprint(hashes.SHA256()).hex(),
+                    "simulated": simulated,
+                },
+                now=now,
+            )
+            return ca
+
+        self._ca = store.transact(body)
+        with store.snapshot() as view:
+            canonical = view.get(_NS, _MANIFEST_KEY)
+            signature = view.get(_NS, _MANIFEST_SIGNATURE_KEY)
+        if canonical is not None and signature is not None:
+            manifest = validate_manifest(json.loads(canonical))
+            self._manifest = ManifestInfo(
+                manifest=manifest,
+                canonical=canonical,
+                sha256=manifest_digest(manifest),
+                signature=signature,
+            )
+
+    def close(self) -> None:
+        """Close the store."""
+        if self._store is not None:
+            self._store.close()
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> CoordinatorSettings:
+        """The settings it runs with."""
+        return self._settings
+
+    @property
+    def simulated(self) -> bool:
+        """True when the coordinator runs on the simulated platform."""
+        return bool(self._backend.simulated)
+
+    @property
+    def state(self) -> CoordinatorState:
+        """The current state."""
+        if self._store is None:
+            return CoordinatorState.RECOVERY
+        with self._lock:
+            manifest = self._manifest
+        return (
+            CoordinatorState.ACCEPTING_MANIFEST
+            if manifest is None
+            else CoordinatorState.ACCEPTING_SERVICES
+        )
+
+    @property
+    def ca(self) -> CoordinatorCA:
+        """The coordinator CA.
+
+        Raises:
+            RequestRefusedError: ``recovery_mode`` (503) while the state is sealed.
+        """
+        if self._ca is None:
+            raise RequestRefusedError(
+                "recovery_mode", "the coordinator is in recovery mode", status=503
+            )
+        return self._ca
+
+    def _require_store(self) -> SealedStateStore:
+        if self._store is None:
+            raise RequestRefusedError(
+                "recovery_mode", "the coordinator is in recovery mode", status=503
+            )
+        return self._store
+
+    def _now(self) -> float:
+        return float(self._settings.clock())
+
+    def _now_datetime(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._now(), datetime.UTC)
+
+    def status(self) -> dict[str, Any]:
+        """State, ``simulated``, version and the manifest digest (if any)."""
+        with self._lock:
+            manifest = self._manifest
+        return {
+            "state": self.state.value,
+            "simulated": self.simulated,
+            "version": __version__,
+            "tee": self._settings.tee,
+            "manifest_sha256": manifest.sha256.hex() if manifest else None,
+        }
+
+    # -- the coordinator's own evidence -----------------------------------------------------
+
+    def evidence(self, nonce: bytes) -> CoordinatorEvidence:
+        """A quote binding the root certificate to ``nonce``, with chain and collateral.
+
+        Raises:
+            RequestRefusedError: ``invalid_nonce`` (400) or ``recovery_mode`` (503).
+            EnvironmentUnavailableError: the TEE cannot produce a quote.
+        """
+        if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+            raise RequestRefusedError(
+                "invalid_nonce",
+                f"the nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes",
+            )
+        ca = self.ca
+        root = ca.root_certificate
+        quote = self._backend.quote(
+            coordinator_report_data(root.public_bytes(serialization.Encoding.DER), nonce)
+        )
+        collateral: Mapping[str, str] | None = None
+        if isinstance(self._backend, SimulationBackend):
+            collateral = self._backend.platform.collateral()
+        return CoordinatorEvidence(
+            root_certificate=root,
+            certificate_chain=(root, *ca.trust_bundle()),
+            quote=quote,
+            collateral=collateral,
+            simulated=self.simulated,
+        )
+
+    def issue_server_certificate(
+        self,
+        *,
+        dns_names: Sequence[str],
+        ip_addresses: Sequence[str],
+        validity: datetime.timedelta = datetime.timedelta(days=365),
+    ) -> CertifiedKey:
+        """A TLS server certificate issued directly by the root (clients pin the root).
+
+        Raises:
+            RequestRefusedError: ``recovery_mode`` while the state is sealed.
+            ConfigError: a bad DNS name or IP address.
+        """
+        ca = self.ca
+        common_name = (list(dns_names) + list(ip_addresses) + [self._settings.name])[0][:64]
+        return ca.issue_secret_cert(
+            key_type="ecdsa",
+            key_size=256,
+            common_name=common_name,
+            dns_names=dns_names,
+            ips=ip_addresses,
+            key_usage=("digital_signature", "server_auth"),
+            validity=validity,
+            issuer=ca.root,
+            simulated=ca.simulated,
+            now=self._now_datetime(),
+        )
+
+    # -- manifest ---------------------------------------------------------------------------
+
+    def manifest_info(self) -> ManifestInfo:
+        """The current manifest with digest and signature.
+
+        Raises:
+            RequestRefusedError: ``no_manifest`` (404) before one is set; ``recovery_mode``.
+        """
+        self._require_store()
+        with self._lock:
+            manifest = self._manifest
+        if manifest is None:
+            raise RequestRefusedError("no_manifest", "no manifest has been set", status=404)
+        return manifest
+
+    def set_manifest(self, document: bytes) -> ManifestAccepted:
+        """Validate (schema, references, dry run), store and activate the first manifest.
+
+        Generates the shared secrets and, when the manifest has ``recovery`` keys, splits the
+        state's data key to them (the encrypted shares are returned once, here).
+
+        Raises:
+            RequestRefusedError: ``manifest_already_set`` (409), ``recovery_mode`` (503).
+            ManifestValidationError: the manifest is invalid (every problem).
+        """
+        store = self._require_store()
+        try:
+            if self.state is not CoordinatorState.ACCEPTING_MANIFEST:
+                raise RequestRefusedError(
+                    "manifest_already_set",
+                    "a manifest is already set (updates go through governance)",
+                    status=409,
+                )
+            manifest = validate_manifest(parse_manifest_document(document))
+            accepted, info = self._store_manifest(store, manifest)
+        except SealpodError as exc:
+            self._audit_refusal({"type": "manifest_refused"}, exc)
+            raise
+        with self._lock:
+            self._manifest = info
+        _logger.info("manifest %s set", accepted.sha256.hex())
+        return accepted
+
+    def _store_manifest(
+        self, store: SealedStateStore, manifest: Manifest
+    ) -> tuple[ManifestAccepted, ManifestInfo]:
+        ca = self.ca
+        now = self._now_datetime()
+        canonical = canonical_json(manifest)
+        digest = manifest_digest(manifest)
+        root_key = ca.root.private_key
+        if not isinstance(root_key, ec.EllipticCurvePrivateKey):  # pragma: no cover
+            raise ConfigError("the coordinator root key is not an ECDSA key")
+        signature = root_key.sign(canonical, ec.ECDSA(hashes.SHA384()))
+        recovery_keys = []
+        if manifest.recovery is not None:
+            for name, pem in manifest.recovery.keys.items():
+                key = serialization.load_pem_public_key(pem.encode())
+                recovery_keys.append((name, key))
+
+        def body(tx: Transaction) -> dict[str, bytes]:
+            if tx.get(_NS, _MANIFEST_KEY) is not None:
+                raise RequestRefusedError(
+                    "manifest_already_set", "a manifest is already set", status=409
+                )
+            tx.put(_NS, _MANIFEST_KEY, canonical)
+            tx.put(_NS, _MANIFEST_SIGNATURE_KEY, signature)
+            generated = SecretResolver(
+                tx, manifest, ca, now=now, simulated=self.simulated
+            ).generate_shared()
+            shares: dict[str, bytes] = {}
+            if manifest.recovery is not None:
+                made: list[RecoveryShare] = tx.set_recovery_keys(
+                    [cast(Any, key) for _, key in recovery_keys], manifest.recovery.threshold
+                )
+                shares = {
+                    name: share.encrypted_share
+                    for (name, _), share in zip(recovery_keys, made, strict=True)
+                }
+            AuditLog.append(
+                tx,
+                {
+                    "type": "manifest_set",
+                    "sha256": digest.hex(),
+                    "secrets_generated": sorted(generated),
+                    "recovery_keys": sorted(shares),
+                },
+                now=now,
+            )
+            return shares
+
+        shares = store.transact(body)
+        info = ManifestInfo(
+            manifest=manifest, canonical=canonical, sha256=digest, signature=signature
+        )
+        return ManifestAccepted(sha256=digest, recovery_shares=shares), info
+
+    # -- activation -------------------------------------------------------------------------
+
+    def new_nonce(self) -> IssuedNonce:
+        """A single-use activation nonce.
+
+        Raises:
+            RequestRefusedError: ``no_manifest`` (409), ``recovery_mode``, ``too_many_nonces``.
+        """
+        self._require_store()
+        if self.state is not CoordinatorState.ACCEPTING_SERVICES:
+            raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
+        return self._nonces.issue(self._now())
+
+    def activate(self, request: ActivationRequestData) -> ActivationOutcome:
+        """Verify a service's evidence and, if everything holds, certify and provision it.
+
+        Raises:
+            VerificationError: the nonce, CSR, quote, collateral or policy check failed
+                (``reason`` says which).
+            QuoteFormatError: the quote does not parse.
+            RequestRefusedError: ``no_manifest``, ``unknown_service``, ``too_many_instances``,
+                ``secret_not_set``, ``render_failed``, ``collateral_required``,
+                ``invalid_nonce``, ``recovery_mode``.
+        """
+        try:
+            return self._activate(request)
+        except SealpodError as exc:
+            self._audit_refusal(
+                {
+                    "type": "activation_refused",
+                    "service": request.service,
+                    "instance": request.instance,
+                },
+                exc,
+            )
+            raise
+
+    def _activate(self, request: ActivationRequestData) -> ActivationOutcome:
+        store = self._require_store()
+        now = self._now()
+        now_dt = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        with self._lock:
+            info = self._manifest
+        if info is None:
+            raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
+        manifest = info.manifest
+        service_spec = manifest.services.get(request.service)
+        if service_spec is None:
+            raise RequestRefusedError(
+                "unknown_service", "the manifest has no such service", status=404
+            )
+        try:
+            nonce = bytes.fromhex(request.nonce_hex)
+        except ValueError as exc:
+            raise RequestRefusedError("invalid_nonce", "the nonce is not hex") from exc
+        self._nonces.consume(nonce, now)
+        try:
+            csr = x509.load_pem_x509_csr(request.csr_pem.encode())
+            spki = public_key_der(csr.public_key())
+        except (ValueError, TypeError) as exc:
+            raise VerificationError(
+                "malformed_csr", "the CSR is not a PEM PKCS#10 request"
+            ) from exc
+        try:
+            quote = bytes.fromhex(request.quote_hex)
+        except ValueError as exc:
+            raise QuoteFormatError("the quote is not hex") from exc
+        if request.collateral is None:
+            raise RequestRefusedError("collateral_required", "send the quote's collateral")
+        collateral = Collateral.from_mapping(request.collateral)
+        package = manifest.packages[service_spec.package]
+        policy = package_policy(
+            package, manifest.policy, expected_report_data=activation_report_data(spki, nonce)
+        )
+        evidence = verify_quote(
+            quote,
+            collateral,
+            at=int(now),
+            policy=policy,
+            simulated_root_der=self._simulated_root,
+        )
+        if package.accepted_advisories is not None:
+            open_advisories = sorted(set(evidence.advisory_ids) - set(package.accepted_advisories))
+            if open_advisories:
+                raise VerificationError(
+                    "advisory_not_accepted",
+                    f"the platform is affected by {', '.join(open_advisories)}",
+                )
+        return self._provision(store, info, request, csr, evidence, now_dt)
+
+    def _provision(
+        self,
+        store: SealedStateStore,
+        info: ManifestInfo,
+        request: ActivationRequestData,
+        csr: x509.CertificateSigningRequest,
+        evidence: VerifiedEvidence,
+        now: datetime.datetime,
+    ) -> ActivationOutcome:
+        manifest = info.manifest
+        service = request.service
+        instance = request.instance
+        spec = manifest.services[service]
+        ca = self.ca
+        referenced = sorted(secrets_referenced(manifest, service))
+        placeholder = f"sealpod-activation-private-key-{secrets.token_hex(16)}"
+        validity = datetime.timedelta(days=self._settings.leaf_validity_days)
+
+        def body(tx: Transaction) -> ActivationOutcome:
+            namespace = _instance_namespace(service)
+            known = tx.get(namespace, instance) is not None
+            if not known and spec.max_instances is not None:
+                if len(tx.keys(namespace)) >= spec.max_instances:
+                    raise RequestRefusedError(
+                        "too_many_instances",
+                        f"service {service} already has {spec.max_instances} instance(s)",
+                        status=409,
+                    )
+            resolver = SecretResolver(
+                tx,
+                manifest,
+                ca,
+                now=now,
+                simulated=self.simulated,
+                service=service,
+                instance=instance,
+            )
+            values = {}
+            for name in referenced:
+                value = resolver.get(name)
+                if value is None:
+                    raise RequestRefusedError(
+                        "secret_not_set", f"secret {name} has not been set yet", status=409
+                    )
+                values[name] = value
+            leaf = ca.issue_leaf(
+                csr,
+                service=service,
+                instance=instance,
+                simulated=evidence.simulated,
+                validity=validity,
+                now=now,
+            )
+            chain = ca.leaf_chain(leaf)
+            context = RenderContext(
+                instance=instance,
+                cert_chain=CertificateChain(chain),
+                private_key=PrivateKey(
+                    cast(CertificateIssuerPrivateKeyTypes, _KeyPlaceholder(placeholder))
+                ),
+                mesh_root=Certificate(ca.root_certificate),
+                coordinator_root=Certificate(ca.root_certificate),
+                secrets=values,
+            )
+            try:
+                rendered = render_service(manifest, service, context)
+            except ManifestValidationError as exc:
+                raise RequestRefusedError("render_failed", str(exc), status=409) from exc
+            record = {
+                "service": service,
+                "instance": instance,
+                "activated_at": now.isoformat(),
+                "certificate_serial": f"{leaf.serial_number:x}",
+                "mr_enclave": _hex(evidence.mr_enclave),
+                "mr_signer": _hex(evidence.mr_signer),
+                "isv_svn": evidence.isv_svn,
+                "simulated": evidence.simulated,
+                "manifest_sha256": info.sha256.hex(),
+            }
+            tx.put(namespace, instance, json.dumps(record, sort_keys=True).encode())
+            AuditLog.append(
+                tx,
+                {
+                    "type": "activation",
+                    **record,
+                    "reactivation": known,
+                    "secrets_released": referenced,
+                    "tcb_status": evidence.status,
+                },
+                now=now,
+            )
+            return ActivationOutcome(
+                service=service,
+                instance=instance,
+                certificate=leaf,
+                certificate_chain=chain,
+                trust_bundle=ca.trust_bundle(),
+                root_certificate=ca.root_certificate,
+                rendered=rendered,
+                private_key_placeholder=placeholder,
+                evidence=evidence,
+            )
+
+        outcome = store.transact(body)
+        _logger.info("activated %s/%s (simulated=%s)", service, instance, evidence.simulated)
+        return outcome
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def _audit_refusal(self, event: dict[str, Any], exc: SealpodError) -> None:
+        store = self._store
+        code = _refusal_code(exc)
+        _logger.warning("refused %s: %s", event.get("type"), exc)
+        if store is None:
+            return
+        entry = {**event, "reason": code, "message": str(exc)[:500]}
+        now = self._now_datetime()
+        try:
+            store.transact(lambda tx: AuditLog.append(tx, entry, now=now))
+        except SealpodError as audit_exc:
+            _logger.error("could not write the audit entry of a refusal: %s", audit_exc)
+
+    def audit_entries(
+        self, *, start: int = 0, limit: int | None = None
+    ) -> tuple[list[AuditEntry], AuditHead | None]:
+        """Audit entries from ``start`` and the sealed head.
+
+        Raises:
+            RequestRefusedError: ``recovery_mode``.
+            VerificationError: an entry or the head fails authentication.
+        """
+        store = self._require_store()
+        log = AuditLog(store)
+        with store.snapshot():
+            return log.entries(start=start, limit=limit), log.head()
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+def encode_files(files: Mapping[str, bytes]) -> dict[str, str]:
+    """File contents as base64 text (the JSON form of a rendered service's files)."""
+    return {path: base64.b64encode(data).decode("ascii") for path, data in files.items()}

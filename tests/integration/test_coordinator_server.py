@@ -1,0 +1,433 @@
+"""The coordinator over real HTTPS on loopback, with real simulated quotes.
+
+One coordinator (uvicorn in a thread, TLS certificate from its own root) serves the whole module;
+tests attest it, pin its root, set the manifest and activate services, then try one attack each.
+Every refusal must leave an audit entry with its reason. Expected report data is computed here
+from DESIGN.md ("Binding evidence to keys"), not with the coordinator's helpers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sealpod.coordinator import (
+    CoordinatorServer,
+    CoordinatorSettings,
+    activate,
+    coordinator_identity,
+    pinned_client,
+    verify_coordinator,
+)
+from sealpod.errors import NetworkError, VerificationError
+from sealpod.pki import CoordinatorCA, is_simulated, verify_chain
+from sealpod.store import verify_audit_entries
+from sealpod.store.audit import AuditEntry, AuditHead
+from sealpod.tee import EnclaveIdentity, SimulatedPlatform, SimulationBackend
+
+pytestmark = pytest.mark.integration
+
+WEB_MRENCLAVE = bytes.fromhex("a1" * 32)
+OTHER_MRENCLAVE = bytes.fromhex("b2" * 32)
+SIGNER = bytes.fromhex("c3" * 32)
+NONCE_TTL = 30.0
+
+
+def _manifest(*, allow_simulation: bool) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "packages": {"web": {"mrenclave": [WEB_MRENCLAVE.hex()]}},
+        "services": {
+            "web": {
+                "package": "web",
+                "max_instances": 3,
+                "files": {
+                    "/secrets/tls.crt": "{{ sealpod.cert_chain | pem }}",
+                    "/secrets/tls.key": "{{ sealpod.private_key | pem }}",
+                    "/secrets/ca.crt": "{{ sealpod.mesh_root | pem }}",
+                    "/secrets/api.crt": "{{ secrets.api_cert.cert | pem }}",
+                },
+                "env": {"DB_KEY": "{{ secrets.db_key | hex }}"},
+                "argv": ["/app", "--instance={{ sealpod.instance }}"],
+            },
+            "single": {"package": "web", "max_instances": 1},
+        },
+        "secrets": {
+            "db_key": {"type": "symmetric-key", "size": 256},
+            "api_cert": {
+                "type": "cert-ecdsa",
+                "certificate": {"common_name": "api", "dns_names": ["api.example"]},
+            },
+        },
+        "policy": {"allow_simulation": allow_simulation},
+    }
+
+
+class Clock:
+    """Real time plus an offset the tests move forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class Running:
+    url: str
+    root_pem: bytes
+    platform: SimulatedPlatform
+    clock: Clock
+    server: CoordinatorServer = field(repr=False)
+
+
+@contextmanager
+def running_coordinator(
+    state_dir: Path, platform: SimulatedPlatform, manifest: dict[str, Any] | None
+) -> Iterator[Running]:
+    clock = Clock()
+    settings = CoordinatorSettings(
+        state_url=f"sqlite:///{state_dir / 'state.db'}",
+        sim_dir=platform.directory,
+        nonce_ttl=NONCE_TTL,
+        clock=clock,
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = CoordinatorServer.build(settings, host="127.0.0.1", port=port)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the coordinator did not start")
+        time.sleep(0.02)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        verified = verify_coordinator(
+            url,
+            expect_mrenclave=coordinator_identity().mr_enclave,
+            allow_simulation=True,
+            simulated_root_der=platform.root_certificate_der(),
+        )
+        running = Running(url, verified.root_pem, platform, clock, server)
+        if manifest is not None:
+            with pinned_client(url, verified.root_pem) as client:
+                response = client.post("/api/v1/manifest", json=manifest)
+                assert response.status_code == 200, response.text
+        yield running
+    finally:
+        server.stop()
+        thread.join(timeout=20)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> SimulatedPlatform:
+    return SimulatedPlatform.init(tmp_path_factory.mktemp("sim") / "platform")
+
+
+@pytest.fixture(scope="module")
+def coordinator(
+    tmp_path_factory: pytest.TempPathFactory, platform: SimulatedPlatform
+) -> Iterator[Running]:
+    with running_coordinator(
+        tmp_path_factory.mktemp("coordinator"), platform, _manifest(allow_simulation=True)
+    ) as running:
+        yield running
+
+
+def _backend(
+    platform: SimulatedPlatform,
+    mr_enclave: bytes = WEB_MRENCLAVE,
+    *,
+    debug: bool = False,
+) -> SimulationBackend:
+    return SimulationBackend(
+        platform, EnclaveIdentity(mr_enclave=mr_enclave, mr_signer=SIGNER, debug=debug)
+    )
+
+
+def _audit(running: Running) -> list[dict[str, Any]]:
+    with pinned_client(running.url, running.root_pem) as client:
+        body = client.get("/api/v1/audit").json()
+    entries = [AuditEntry.from_dict(entry) for entry in body["entries"]]
+    verify_audit_entries(entries, AuditHead(count=body["head"]["count"], hash=body["head"]["hash"]))
+    return [dict(entry.event) for entry in entries]
+
+
+def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _activation_body(
+    running: Running,
+    backend: SimulationBackend,
+    service: str,
+    instance: str,
+    *,
+    quoted_key: ec.EllipticCurvePrivateKey | None = None,
+) -> dict[str, Any]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+        .sign(key, hashes.SHA256())
+    )
+    with pinned_client(running.url, running.root_pem) as client:
+        nonce = bytes.fromhex(client.post("/api/v1/activation/nonce").json()["nonce"])
+    spki = _spki(quoted_key if quoted_key is not None else key)
+    report_data = hashlib.sha256(b"sealpod-activation-v1" + spki + nonce).digest() + bytes(32)
+    return {
+        "service": service,
+        "instance": instance,
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        "nonce": nonce.hex(),
+        "quote": backend.quote(report_data).hex(),
+        "collateral": running.platform.collateral(),
+    }
+
+
+def _post_activation(running: Running, body: dict[str, Any]) -> httpx.Response:
+    with pinned_client(running.url, running.root_pem) as client:
+        return client.post("/api/v1/activation", json=body)
+
+
+def _assert_refused(
+    running: Running, response: httpx.Response, status: int, code: str, instance: str
+) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    last = _audit(running)[-1]
+    assert last["type"] == "activation_refused"
+    assert last["reason"] == code
+    assert last["instance"] == instance
+
+
+# -- the coordinator itself -------------------------------------------------------------------
+
+
+def test_status_over_pinned_tls(coordinator: Running) -> None:
+    with pinned_client(coordinator.url, coordinator.root_pem) as client:
+        status = client.get("/api/v1/status").json()
+    assert status["state"] == "accepting-services"
+    assert status["simulated"] is True
+
+
+def test_coordinator_attests_with_its_distribution_measurement(coordinator: Running) -> None:
+    verified = verify_coordinator(
+        coordinator.url,
+        expect_mrenclave=coordinator_identity().mr_enclave,
+        allow_simulation=True,
+        simulated_root_der=coordinator.platform.root_certificate_der(),
+    )
+    assert verified.root_pem == coordinator.root_pem
+    assert verified.simulated is True
+    assert verified.evidence.mr_enclave == coordinator_identity().mr_enclave
+
+
+def test_coordinator_with_another_measurement_is_refused(coordinator: Running) -> None:
+    with pytest.raises(VerificationError) as caught:
+        verify_coordinator(
+            coordinator.url,
+            expect_mrenclave=OTHER_MRENCLAVE,
+            allow_simulation=True,
+            simulated_root_der=coordinator.platform.root_certificate_der(),
+        )
+    assert caught.value.reason == "mrenclave_mismatch"
+
+
+def test_simulated_coordinator_is_refused_without_allow_simulation(coordinator: Running) -> None:
+    with pytest.raises(VerificationError) as caught:
+        verify_coordinator(
+            coordinator.url,
+            expect_mrenclave=coordinator_identity().mr_enclave,
+            simulated_root_der=coordinator.platform.root_certificate_der(),
+        )
+    assert caught.value.reason == "simulation_not_allowed"
+
+
+def test_server_not_holding_the_pinned_root_is_refused(coordinator: Running) -> None:
+    impostor_root = CoordinatorCA.create(
+        now=datetime.datetime.now(datetime.UTC)
+    ).root_certificate.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(NetworkError):
+        activate(coordinator.url, impostor_root, "web", "impostor", _backend(coordinator.platform))
+
+
+def test_manifest_set_twice_is_refused(coordinator: Running) -> None:
+    with pinned_client(coordinator.url, coordinator.root_pem) as client:
+        response = client.post("/api/v1/manifest", json=_manifest(allow_simulation=False))
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "manifest_already_set"
+    last = _audit(coordinator)[-1]
+    assert (last["type"], last["reason"]) == ("manifest_refused", "manifest_already_set")
+
+
+# -- activation -------------------------------------------------------------------------------
+
+
+def test_activation_delivers_rendered_secrets_and_a_mesh_certificate(
+    coordinator: Running,
+) -> None:
+    backend = _backend(coordinator.platform)
+    first = activate(coordinator.url, coordinator.root_pem, "web", "web-0", backend)
+    second = activate(coordinator.url, coordinator.root_pem, "web", "web-1", backend)
+
+    assert first.simulated is True
+    assert len(bytes.fromhex(first.env["DB_KEY"])) == 32
+    assert first.env["DB_KEY"] == second.env["DB_KEY"]  # a shared secret
+    assert first.argv == ["/app", "--instance=web-0"]
+    assert first.files["/secrets/tls.key"] == first.private_key_pem()
+    assert first.files["/secrets/tls.key"] != second.files["/secrets/tls.key"]
+
+    root = x509.load_pem_x509_certificate(coordinator.root_pem)
+    assert x509.load_pem_x509_certificate(first.files["/secrets/ca.crt"]) == root
+    chain = x509.load_pem_x509_certificates(first.files["/secrets/tls.crt"])
+    leaf, mesh = chain
+    assert leaf == first.certificate
+    assert leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == _spki(first.private_key)
+    now = datetime.datetime.now(datetime.UTC)
+    verified = verify_chain(leaf, [mesh], root, now, require_client_auth=True)
+    assert verified[-1] == root
+    assert mesh in first.trust_bundle
+    assert "mesh CA" in mesh.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert is_simulated(leaf)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "web" in sans.get_values_for_type(x509.DNSName)
+    assert "sealpod://service/web/web-0" in sans.get_values_for_type(x509.UniformResourceIdentifier)
+    api_cert = x509.load_pem_x509_certificate(first.files["/secrets/api.crt"])
+    assert api_cert.issuer == mesh.subject
+    assert api_cert == x509.load_pem_x509_certificate(second.files["/secrets/api.crt"])
+
+    events = _audit(coordinator)
+    activations = [e for e in events if e["type"] == "activation"]
+    assert [(e["service"], e["instance"]) for e in activations[-2:]] == [
+        ("web", "web-0"),
+        ("web", "web-1"),
+    ]
+    assert activations[-1]["mr_enclave"] == WEB_MRENCLAVE.hex()
+    assert activations[-1]["secrets_released"] == ["api_cert", "db_key"]
+
+
+def test_replayed_nonce_is_refused(coordinator: Running) -> None:
+    body = _activation_body(coordinator, _backend(coordinator.platform), "web", "replay")
+    assert _post_activation(coordinator, body).status_code == 200
+    replay = _post_activation(coordinator, body)
+    _assert_refused(coordinator, replay, 403, "nonce_reused", "replay")
+
+
+def test_invented_nonce_is_refused(coordinator: Running) -> None:
+    body = _activation_body(coordinator, _backend(coordinator.platform), "web", "invented")
+    body["nonce"] = "00" * 32
+    response = _post_activation(coordinator, body)
+    _assert_refused(coordinator, response, 403, "nonce_unknown", "invented")
+
+
+def test_expired_nonce_is_refused(coordinator: Running) -> None:
+    body = _activation_body(coordinator, _backend(coordinator.platform), "web", "late")
+    coordinator.clock.offset += NONCE_TTL + 5
+    try:
+        response = _post_activation(coordinator, body)
+    finally:
+        coordinator.clock.offset -= NONCE_TTL + 5
+    _assert_refused(coordinator, response, 403, "nonce_expired", "late")
+
+
+def test_quote_for_another_key_is_refused(coordinator: Running) -> None:
+    someone_else = ec.generate_private_key(ec.SECP256R1())
+    body = _activation_body(
+        coordinator,
+        _backend(coordinator.platform),
+        "web",
+        "stolen-quote",
+        quoted_key=someone_else,
+    )
+    response = _post_activation(coordinator, body)
+    _assert_refused(coordinator, response, 403, "report_data_mismatch", "stolen-quote")
+
+
+def test_wrong_measurement_is_refused(coordinator: Running) -> None:
+    backend = _backend(coordinator.platform, OTHER_MRENCLAVE)
+    body = _activation_body(coordinator, backend, "web", "wrong-code")
+    response = _post_activation(coordinator, body)
+    _assert_refused(coordinator, response, 403, "mrenclave_mismatch", "wrong-code")
+
+
+def test_debug_enclave_is_refused(coordinator: Running) -> None:
+    backend = _backend(coordinator.platform, debug=True)
+    body = _activation_body(coordinator, backend, "web", "debug")
+    response = _post_activation(coordinator, body)
+    _assert_refused(coordinator, response, 403, "debug_not_allowed", "debug")
+
+
+def test_unknown_service_is_refused(coordinator: Running) -> None:
+    body = _activation_body(coordinator, _backend(coordinator.platform), "web", "ghost")
+    body["service"] = "ghost"
+    response = _post_activation(coordinator, body)
+    _assert_refused(coordinator, response, 404, "unknown_service", "ghost")
+
+
+def test_too_many_instances_are_refused(coordinator: Running) -> None:
+    backend = _backend(coordinator.platform)
+    activate(coordinator.url, coordinator.root_pem, "single", "only", backend)
+    body = _activation_body(coordinator, backend, "single", "second")
+    response = _post_activation(coordinator, body)
+    _assert_refused(coordinator, response, 409, "too_many_instances", "second")
+    # The admitted instance may come back (a restart), without taking another slot.
+    again = activate(coordinator.url, coordinator.root_pem, "single", "only", backend)
+    assert again.instance == "only"
+
+
+def test_tampered_quote_is_refused(coordinator: Running) -> None:
+    body = _activation_body(coordinator, _backend(coordinator.platform), "web", "tampered")
+    quote = bytearray(bytes.fromhex(body["quote"]))
+    quote[48 + 64] ^= 0x01  # a bit of MRENCLAVE (report body offset 64), under the signature
+    body["quote"] = bytes(quote).hex()
+    response = _post_activation(coordinator, body)
+    assert response.status_code == 403
+    code = response.json()["error"]["code"]
+    assert code == "bad_quote_signature"
+    assert _audit(coordinator)[-1]["reason"] == code
+
+
+def test_simulated_evidence_is_refused_when_the_manifest_forbids_it(
+    tmp_path: Path, platform: SimulatedPlatform
+) -> None:
+    with running_coordinator(tmp_path, platform, _manifest(allow_simulation=False)) as strict:
+        body = _activation_body(strict, _backend(platform), "web", "sim")
+        response = _post_activation(strict, body)
+        _assert_refused(strict, response, 403, "simulation_not_allowed", "sim")
+
+
+def test_refused_activation_releases_nothing(coordinator: Running) -> None:
+    body = _activation_body(
+        coordinator, _backend(coordinator.platform, OTHER_MRENCLAVE), "web", "x"
+    )
+    response = _post_activation(coordinator, body)
+    assert response.status_code == 403
+    text = response.text
+    assert "BEGIN CERTIFICATE" not in text
+    assert "DB_KEY" not in text
+    assert set(response.json()) == {"error"}

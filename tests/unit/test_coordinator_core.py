@@ -1,0 +1,198 @@
+"""Coordinator building blocks: nonces, evidence binding, the simulated identity, package policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from sealpod.coordinator import (
+    activation_report_data,
+    coordinator_report_data,
+    measure_distribution,
+    package_policy,
+)
+from sealpod.coordinator.errors import RequestRefusedError
+from sealpod.coordinator.nonces import NonceRegistry
+from sealpod.coordinator.server import parse_listen, server_names
+from sealpod.errors import ConfigError, VerificationError
+from sealpod.manifest import Package, Policy
+
+# -- nonces ---------------------------------------------------------------------------------
+
+
+def test_nonce_is_accepted_once() -> None:
+    registry = NonceRegistry(ttl=10, capacity=10)
+    issued = registry.issue(1000.0)
+    assert len(issued.value) == 32
+    assert issued.expires_at == 1010.0
+    registry.consume(issued.value, 1005.0)
+
+
+def test_replayed_nonce_is_refused() -> None:
+    registry = NonceRegistry(ttl=10, capacity=10)
+    issued = registry.issue(1000.0)
+    registry.consume(issued.value, 1001.0)
+    with pytest.raises(VerificationError) as caught:
+        registry.consume(issued.value, 1002.0)
+    assert caught.value.reason == "nonce_reused"
+
+
+def test_expired_nonce_is_refused_and_cannot_be_retried() -> None:
+    registry = NonceRegistry(ttl=10, capacity=10)
+    issued = registry.issue(1000.0)
+    with pytest.raises(VerificationError) as caught:
+        registry.consume(issued.value, 1010.5)
+    assert caught.value.reason == "nonce_expired"
+    with pytest.raises(VerificationError) as again:
+        registry.consume(issued.value, 1000.0)
+    assert again.value.reason == "nonce_reused"
+
+
+def test_invented_nonce_is_refused() -> None:
+    registry = NonceRegistry(ttl=10, capacity=10)
+    registry.issue(1000.0)
+    with pytest.raises(VerificationError) as caught:
+        registry.consume(b"\x00" * 32, 1001.0)
+    assert caught.value.reason == "nonce_unknown"
+
+
+def test_nonce_flood_is_bounded_and_recovers_after_expiry() -> None:
+    registry = NonceRegistry(ttl=10, capacity=2)
+    registry.issue(1000.0)
+    registry.issue(1000.0)
+    with pytest.raises(RequestRefusedError) as caught:
+        registry.issue(1001.0)
+    assert caught.value.code == "too_many_nonces"
+    assert caught.value.status == 503
+    assert len(registry.issue(1011.0).value) == 32
+
+
+def test_nonces_are_distinct() -> None:
+    registry = NonceRegistry(ttl=10, capacity=1000)
+    values = {registry.issue(0.0).value for _ in range(200)}
+    assert len(values) == 200
+
+
+# -- binding (DESIGN.md, "Binding evidence to keys") -----------------------------------------
+
+
+def test_coordinator_report_data_follows_the_design() -> None:
+    root, nonce = b"\x30\x82root-der", b"n" * 32
+    expected = hashlib.sha256(root + nonce).digest() + b"\x00" * 32
+    assert coordinator_report_data(root, nonce) == expected
+    assert len(coordinator_report_data(root, nonce)) == 64
+
+
+def test_activation_report_data_follows_the_design() -> None:
+    spki, nonce = b"\x30\x59spki", b"m" * 32
+    expected = hashlib.sha256(b"sealpod-activation-v1" + spki + nonce).digest() + bytes(32)
+    assert activation_report_data(spki, nonce) == expected
+    assert activation_report_data(spki, nonce) != activation_report_data(spki + b"x", nonce)
+
+
+# -- the simulated coordinator identity -------------------------------------------------------
+
+
+def _independent_mrenclave(files: dict[str, bytes]) -> bytes:
+    """MRENCLAVE by the SDM records, written out here (not through sealpod.sgx)."""
+    manifest = {
+        "format": "sealpod-coordinator-identity-v1",
+        "trusted_files": {path: hashlib.sha256(data).hexdigest() for path, data in files.items()},
+    }
+    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    size = 4096
+    while size < len(blob):
+        size *= 2
+    stream = hashlib.sha256()
+    stream.update(struct.pack("<8sIQ44x", b"ECREATE", 1, size))
+    padded = blob + bytes(-len(blob) % 4096)
+    for page in range(0, len(padded), 4096):
+        stream.update(struct.pack("<8sQQ40x", b"EADD", page, 0x201))  # R | PT_REG
+        for chunk in range(0, 4096, 256):
+            stream.update(struct.pack("<8sQ48x", b"EEXTEND", page + chunk))
+            stream.update(padded[page + chunk : page + chunk + 256])
+    return stream.digest()
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def test_identity_is_the_measurement_of_the_distribution_files(tmp_path: Path) -> None:
+    files = {"__init__.py": b"x = 1\n", "sub/mod.py": b"y = 2\n", "data/blob.der": b"\x30\x00"}
+    _tree(tmp_path, files)
+    measured = measure_distribution(tmp_path)
+    assert measured.mr_enclave == _independent_mrenclave(files)
+    assert [path for path, _ in measured.files] == sorted(files)
+
+
+def test_identity_ignores_bytecode_caches(tmp_path: Path) -> None:
+    files = {"__init__.py": b"x = 1\n"}
+    _tree(tmp_path, {**files, "__pycache__/__init__.cpython-311.pyc": b"junk", "a.pyc": b"j"})
+    assert measure_distribution(tmp_path).mr_enclave == _independent_mrenclave(files)
+
+
+def test_changed_file_changes_the_identity(tmp_path: Path) -> None:
+    _tree(tmp_path, {"__init__.py": b"x = 1\n"})
+    before = measure_distribution(tmp_path).mr_enclave
+    (tmp_path / "__init__.py").write_bytes(b"x = 2\n")
+    assert measure_distribution(tmp_path).mr_enclave != before
+
+
+def test_installed_identity_is_reproducible() -> None:
+    assert measure_distribution().mr_enclave == measure_distribution().mr_enclave
+
+
+# -- package policy from the manifest --------------------------------------------------------
+
+
+def test_package_policy_carries_identity_debug_and_simulation() -> None:
+    package = Package.model_validate({"mrenclave": ["ab" * 32], "debug": False})
+    policy = package_policy(package, Policy(allow_simulation=True), expected_report_data=bytes(64))
+    assert policy.mrenclave == (bytes.fromhex("ab" * 32),)
+    assert policy.allow_simulation is True
+    assert policy.allow_debug is False
+    assert policy.expected_report_data == bytes(64)
+
+
+def test_package_policy_by_signer() -> None:
+    package = Package.model_validate(
+        {"mrsigner": "cd" * 32, "isv_prod_id": 7, "min_isv_svn": 3, "debug": True}
+    )
+    policy = package_policy(package, Policy())
+    assert policy.mrsigner == bytes.fromhex("cd" * 32)
+    assert policy.isv_prod_id == 7
+    assert policy.min_isv_svn == 3
+    assert policy.allow_debug is True
+    assert policy.allow_simulation is False
+
+
+def test_package_without_identity_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        package_policy(Package.model_validate({}), Policy())
+
+
+# -- listen addresses -------------------------------------------------------------------------
+
+
+def test_listen_addresses_parse() -> None:
+    assert parse_listen("127.0.0.1:8443") == ("127.0.0.1", 8443)
+    assert parse_listen("[::1]:9000") == ("::1", 9000)
+    assert parse_listen("coordinator.example:443") == ("coordinator.example", 443)
+    for bad in ("8443", "host:", "host:99999", "host:http"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
+
+
+def test_wildcard_listen_covers_loopback_names() -> None:
+    dns, ips = server_names("0.0.0.0", ["coord.example"])  # noqa: S104
+    assert "localhost" in dns and "coord.example" in dns
+    assert "127.0.0.1" in ips and "::1" in ips
+    assert server_names("10.1.2.3") == ([], ["10.1.2.3"])
