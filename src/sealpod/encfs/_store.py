@@ -35,7 +35,7 @@ class NodeStore(Protocol):
 class MemoryNodeStore:
     """A store in a ``bytearray`` (tests, :func:`~sealpod.encfs.encrypt_bytes`)."""
 
-    def __init__(self, data: bytes | bytearray = b"") -> None:
+    def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
         self.buffer = bytearray(data)
 
     def length(self) -> int:

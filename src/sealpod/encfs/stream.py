@@ -9,8 +9,8 @@ Large regular files are shared among worker processes by :func:`encrypt_file` an
 
 Encryption keeps the decrypted MHT nodes in memory until the end (an MHT node is finished only
 when its child MHT nodes, which come later in the file, are): about 1% of the plaintext size.
-Decryption keeps the child-entry quarter of MHT nodes whose children are still ahead (at most
-0.25%). Files written to a path appear atomically (temporary file, ``fsync``, rename): a reader
+Decryption keeps the child-entry quarter of the MHT nodes that have child MHT nodes (under
+0.01%). Files written to a path appear atomically (temporary file, ``fsync``, rename): a reader
 never sees half an output, and a failed decryption leaves no plaintext behind.
 """
 
@@ -130,7 +130,8 @@ def _decrypt_stream(
     children: dict[int, bytes] = {}
     out = bytearray(_GROUP_BYTES)
     out_view = memoryview(out)
-    for index in range(fmt.mht_node_count(size)):
+    groups = fmt.mht_node_count(size)
+    for index in range(groups):
         first = index * _GROUP_NODES
         count = min(_GROUP_NODES, data_nodes - first)
         start = fmt.mht_node_physical(index)
@@ -154,7 +155,8 @@ def _decrypt_stream(
             raise VerificationError(
                 "encfs_bad_mac", f"MHT node {index} failed authentication"
             ) from None
-        children[index] = mht[fmt.METADATA_DATA_SIZE :]
+        if index * fmt.CHILD_ENTRIES_PER_MHT + 1 < groups:  # it has child MHT nodes
+            children[index] = mht[fmt.METADATA_DATA_SIZE :]
         offset = 0
         for number in range(count):
             entry = number * 32
@@ -229,7 +231,7 @@ def decrypt_bytes(
     raw_key = fmt.check_key(key)
     expected = None if path is None else os.fsencode(path)
     out = bytearray()
-    _decrypt_stream(raw_key, expected, MemoryNodeStore(bytes(blob)), out.extend)
+    _decrypt_stream(raw_key, expected, MemoryNodeStore(blob), out.extend)
     return bytes(out)
 
 
