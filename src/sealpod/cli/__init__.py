@@ -29,6 +29,7 @@ _COMMANDS: dict[str, str] = {
     "sigstruct": "sealpod.cli.sigstruct:sigstruct",
     "fs": "sealpod.cli.fs:fs",
     "manifest": "sealpod.cli.manifest:manifest",
+    "coordinator": "sealpod.cli.coordinator:coordinator",
 }
 
 

@@ -59,3 +59,12 @@ def inspect(quote_file: str, as_json: bool) -> None:
                 click.echo(f"{key}: {value}")
 
     emit(data, as_json, human)
+
+
+def _attach_verify() -> None:
+    from sealpod.cli.quote_verify import verify
+
+    quote.add_command(verify, "verify")
+
+
+_attach_verify()
