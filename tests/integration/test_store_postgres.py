@@ -53,3 +53,61 @@ class TestPostgresStore(StoreContract):  # type: ignore[misc, valid-type]
     @pytest.fixture
     def raw(self, postgres_url: str) -> Iterator[RawDB]:
         yield _postgres_raw(postgres_url)
+
+
+def test_writer_blocked_by_another_client_times_out_as_a_conflict(postgres_url: str) -> None:
+    import threading
+
+    import psycopg
+
+    from sealpod.store import StoreConflictError, open_store
+    from sealpod.store._postgres import PostgresBackend
+    from sealpod.store.sealed import SealedStateStore
+
+    key = b"p" * 16
+    with open_store(postgres_url, key) as reference:
+        blocker = psycopg.connect(postgres_url, autocommit=True)
+        try:
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE sealpod_meta IN SHARE ROW EXCLUSIVE MODE")
+            backend = PostgresBackend(postgres_url, lock_timeout=0.2)
+            store = SealedStateStore(backend, reference._crypto)
+            with pytest.raises(StoreConflictError), store.transaction() as tx:
+                tx.put("ns", "k", b"v")
+            assert store.get("ns", "k") is None  # readers are not blocked
+            released = threading.Timer(0.3, lambda: blocker.execute("ROLLBACK"))
+            released.start()
+            try:
+                store.transact(lambda tx: tx.put("ns", "k", b"v"), attempts=20, backoff=0.05)
+            finally:
+                released.join()
+            assert reference.get("ns", "k") == b"v"
+            backend.close()
+        finally:
+            blocker.close()
+
+
+def test_serialization_failures_and_deadlocks_are_retryable_conflicts() -> None:
+    from psycopg import errors as pg_errors
+
+    from sealpod.store import StoreConflictError, StoreUnavailableError
+    from sealpod.store._postgres import PostgresBackend
+
+    for error in (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+        assert isinstance(PostgresBackend._translate(error("x")), StoreConflictError)
+    assert isinstance(
+        PostgresBackend._translate(pg_errors.UndefinedTable("x")), StoreUnavailableError
+    )
+
+
+def test_unreachable_server_is_an_environment_error() -> None:
+    import socket
+
+    from sealpod.store import StoreUnavailableError, open_store
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connection refused
+        with pytest.raises(StoreUnavailableError) as info:
+            open_store(f"postgresql://nobody:hunter2@127.0.0.1:{port}/db", b"k" * 16)
+    assert "hunter2" not in str(info.value)

@@ -3,8 +3,8 @@
 Writers serialise on a table lock: a write transaction starts with
 ``LOCK TABLE sealpod_meta IN SHARE ROW EXCLUSIVE MODE`` (a mode that conflicts with itself but
 not with plain reads), so everything it reads is current and no other writer commits until it
-is done; ``READ COMMITTED`` is then enough. Readers use ``REPEATABLE READ READ ONLY`` snapshots
-and never block writers. Serialization failures, deadlocks and lock timeouts become
+is done; ``READ COMMITTED`` is then enough. A writer waits at most ``lock_timeout`` for the
+lock. Readers use ``REPEATABLE READ READ ONLY`` snapshots and never block writers. Serialization failures, deadlocks and lock timeouts become
 :class:`~sealpod.store._backend.StoreConflictError` (retry the transaction); a lost connection is
 replaced on the next use. Durability is PostgreSQL's: ``COMMIT`` returns after the WAL is
 flushed (with the server's default ``synchronous_commit``).
@@ -116,14 +116,20 @@ class PostgresBackend(Backend):
 
     kind = "postgresql"
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 10.0, lock_timeout: float = 30.0
+    ) -> None:
         """Connect and create the tables if needed.
+
+        A writer waits at most ``lock_timeout`` seconds for the writer lock, then the
+        transaction fails with :class:`StoreConflictError`.
 
         Raises:
             StoreUnavailableError: when the server cannot be reached or refuses us.
         """
         self._url = url
         self._connect_timeout = connect_timeout
+        self._lock_timeout_ms = max(1, int(lock_timeout * 1000))
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[psycopg.Connection[tuple[object, ...]]] = []
@@ -208,6 +214,7 @@ class PostgresBackend(Backend):
         return self._transaction(
             (
                 "BEGIN ISOLATION LEVEL READ COMMITTED",
+                f"SET LOCAL lock_timeout = {self._lock_timeout_ms}",
                 "LOCK TABLE sealpod_meta IN SHARE ROW EXCLUSIVE MODE",
             )
         )

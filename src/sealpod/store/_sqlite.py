@@ -4,7 +4,9 @@ Durability and atomicity come from SQLite itself: in WAL mode with ``synchronous
 transaction is durable once ``COMMIT`` returns, and a crash at any earlier moment leaves the
 database as it was before ``BEGIN`` (the partial WAL frames are ignored on recovery). Writers
 take the write lock with ``BEGIN IMMEDIATE`` so every read in a write transaction sees the
-latest committed state; other connections wait up to the busy timeout.
+latest committed state. Threads of one process queue on an in-process lock before that (SQLite's
+own busy handler polls with sleeps, which wastes most of the time under contention); other
+processes wait up to the busy timeout.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class SQLiteBackend(Backend):
         self._busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._writer = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
         if not path.parent.is_dir():
@@ -175,7 +178,17 @@ class SQLiteBackend(Backend):
     def write(self) -> contextlib.AbstractContextManager[Session]:
         if getattr(self._local, "session", None) is not None:
             raise RuntimeError("store transactions do not nest")
-        return self._wrap_errors(self._transaction("BEGIN IMMEDIATE"))
+        return self._serialised(self._wrap_errors(self._transaction("BEGIN IMMEDIATE")))
+
+    @contextlib.contextmanager
+    def _serialised(self, inner: contextlib.AbstractContextManager[Session]) -> Iterator[Session]:
+        if not self._writer.acquire(timeout=self._busy_timeout):
+            raise StoreConflictError("timed out waiting for another writer thread")
+        try:
+            with inner as session:
+                yield session
+        finally:
+            self._writer.release()
 
     def read(self) -> contextlib.AbstractContextManager[Session]:
         session: Session | None = getattr(self._local, "session", None)
