@@ -31,5 +31,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing sealpod and its dependencies into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -i '^warning' >&2 || true
+  # Intel's own quote verifier, used by a cross-check test where it installs (optional).
+  .venv/bin/python -m pip install -q sgx-dcap-quote-verify-python >/dev/null 2>&1 \
+    || echo "bootstrap: optional sgx-dcap-quote-verify-python did not install; its cross-check will skip" >&2
   .venv/bin/python -c 'import sealpod' && touch "$stamp"
 fi

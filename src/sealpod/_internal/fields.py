@@ -8,13 +8,27 @@ so a structure round-trips byte for byte, reserved fields included.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Literal
 
 FieldKind = Literal["bytes", "u16", "u32", "u64"]
 FieldTable = Sequence[tuple[str, int, FieldKind]]
 
 _INT_SIZES = {"u16": 2, "u32": 4, "u64": 8}
+_STRUCT_CODES = {"u16": "H", "u32": "I", "u64": "Q"}
+
+
+@lru_cache(maxsize=64)
+def _compiled(
+    table: tuple[tuple[str, int, FieldKind], ...],
+) -> tuple[struct.Struct, tuple[str, ...]]:
+    # One struct.Struct per table: parsing sits on the verification hot path.
+    codes = "".join(
+        f"{size}s" if kind == "bytes" else _STRUCT_CODES[kind] for _, size, kind in table
+    )
+    return struct.Struct("<" + codes), tuple(name for name, _, _ in table)
 
 
 def table_size(table: FieldTable) -> int:
@@ -28,16 +42,10 @@ def unpack_fields(table: FieldTable, data: bytes | memoryview) -> dict[str, int 
     Raises:
         ValueError: ``data`` has the wrong length (callers translate this).
     """
-    if len(data) != table_size(table):
-        raise ValueError(f"expected {table_size(table)} bytes, got {len(data)}")
-    view = memoryview(data)
-    values: dict[str, int | bytes] = {}
-    offset = 0
-    for name, size, kind in table:
-        chunk = view[offset : offset + size]
-        values[name] = bytes(chunk) if kind == "bytes" else int.from_bytes(chunk, "little")
-        offset += size
-    return values
+    compiled, names = _compiled(tuple(table))
+    if len(data) != compiled.size:
+        raise ValueError(f"expected {compiled.size} bytes, got {len(data)}")
+    return dict(zip(names, compiled.unpack(data), strict=True))
 
 
 def pack_fields(table: FieldTable, values: Mapping[str, object]) -> bytes:
