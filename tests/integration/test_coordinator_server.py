@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,8 +32,10 @@ from cryptography.x509.oid import NameOID
 from sealpod.coordinator import (
     CoordinatorServer,
     CoordinatorSettings,
+    RequestRefusedError,
     activate,
     coordinator_identity,
+    fetch_manifest,
     pinned_client,
     verify_coordinator,
 )
@@ -66,6 +71,7 @@ def _manifest(*, allow_simulation: bool) -> dict[str, Any]:
                 "argv": ["/app", "--instance={{ sealpod.instance }}"],
             },
             "single": {"package": "web", "max_instances": 1},
+            "pair": {"package": "web", "max_instances": 2},
         },
         "secrets": {
             "db_key": {"type": "symmetric-key", "size": 256},
@@ -431,3 +437,89 @@ def test_refused_activation_releases_nothing(coordinator: Running) -> None:
     assert "BEGIN CERTIFICATE" not in text
     assert "DB_KEY" not in text
     assert set(response.json()) == {"error"}
+
+
+def test_manifest_is_fetched_with_a_valid_root_signature(coordinator: Running) -> None:
+    signed = fetch_manifest(coordinator.url, coordinator.root_pem)
+    assert signed.manifest["services"]["web"]["max_instances"] == 3
+    assert signed.sha256 == hashlib.sha256(signed.canonical).digest()
+    with pinned_client(coordinator.url, coordinator.root_pem) as client:
+        status = client.get("/api/v1/status").json()
+    assert status["manifest_sha256"] == signed.sha256.hex()
+
+
+def test_parallel_activations_respect_max_instances(coordinator: Running) -> None:
+    backend = _backend(coordinator.platform)
+    outcomes: dict[str, str] = {}
+
+    def attempt(instance: str) -> None:
+        try:
+            activate(coordinator.url, coordinator.root_pem, "pair", instance, backend)
+            outcomes[instance] = "ok"
+        except RequestRefusedError as exc:
+            outcomes[instance] = exc.code
+
+    threads = [threading.Thread(target=attempt, args=(f"p{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes.values()) == ["ok", "ok"] + ["too_many_instances"] * 4
+    events = _audit(coordinator)  # also verifies the hash chain against the sealed head
+    admitted = [
+        e["instance"] for e in events if e["type"] == "activation" and e["service"] == "pair"
+    ]
+    assert sorted(admitted) == sorted(i for i, result in outcomes.items() if result == "ok")
+
+
+def test_cli_serve_runs_https_until_terminated(tmp_path: Path, platform: SimulatedPlatform) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    script = (
+        "import sealpod.cli as cli; "
+        "cli._COMMANDS['coordinator'] = 'sealpod.cli.coordinator:coordinator'; cli.main()"
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "coordinator",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state",
+            f"sqlite:///{tmp_path}/state.db",
+            "--sim-dir",
+            str(platform.directory),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                verified = verify_coordinator(
+                    url,
+                    expect_mrenclave=coordinator_identity().mr_enclave,
+                    allow_simulation=True,
+                    simulated_root_der=platform.root_certificate_der(),
+                    timeout=2,
+                )
+                break
+            except NetworkError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        with pinned_client(url, verified.root_pem) as client:
+            assert client.get("/api/v1/status").json()["state"] == "accepting-manifest"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    fingerprint = verified.root_certificate.fingerprint(hashes.SHA256()).hex()
+    assert f"root certificate SHA-256: {fingerprint}" in stderr.decode()

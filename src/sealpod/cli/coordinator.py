@@ -9,7 +9,10 @@ sealpod distribution, reproducible on any machine with the same release.
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from pathlib import Path
+from types import FrameType
 
 import click
 from cryptography.hazmat.primitives import hashes
@@ -104,7 +107,16 @@ def serve(
         err=True,
     )
     click.echo(f"root certificate SHA-256: {root.fingerprint(hashes.SHA256()).hex()}", err=True)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the previous handler
+    # installed: make that a clean exit (status 0) rather than death by signal.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     server.run()
+    click.echo("coordinator stopped", err=True)
+
+
+def _exit_after_shutdown(_signum: int, _frame: FrameType | None) -> None:
+    click.echo("coordinator stopped", err=True)
+    sys.exit(0)
 
 
 @coordinator.command()

@@ -9,8 +9,10 @@ from sealpod.coordinator.app import create_app
 from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
 from sealpod.coordinator.client import (
     ActivationResult,
+    SignedManifest,
     VerifiedCoordinator,
     activate,
+    fetch_manifest,
     pinned_client,
     verify_coordinator,
 )
@@ -33,12 +35,14 @@ __all__ = [
     "CoordinatorSettings",
     "CoordinatorState",
     "RequestRefusedError",
+    "SignedManifest",
     "VerifiedCoordinator",
     "activate",
     "activation_report_data",
     "coordinator_identity",
     "coordinator_report_data",
     "create_app",
+    "fetch_manifest",
     "measure_distribution",
     "package_policy",
     "pinned_client",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
+import json
 import logging
 import secrets
 import ssl
@@ -25,6 +27,7 @@ from typing import Any
 
 import httpx
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -40,8 +43,10 @@ from sealpod.tee import SimulationBackend, TEEBackend
 
 __all__ = [
     "ActivationResult",
+    "SignedManifest",
     "VerifiedCoordinator",
     "activate",
+    "fetch_manifest",
     "pinned_client",
     "verify_coordinator",
 ]
@@ -251,6 +256,57 @@ def verify_coordinator(
         evidence=evidence,
         simulated=evidence.simulated,
     )
+
+
+@dataclass(frozen=True)
+class SignedManifest:
+    """The coordinator's manifest, checked against the pinned root's signature."""
+
+    manifest: dict[str, Any]
+    canonical: bytes
+    sha256: bytes
+
+
+def fetch_manifest(
+    url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOUT
+) -> SignedManifest:
+    """Get the manifest over pinned TLS and check the root's signature and the digest.
+
+    The canonical form is recomputed here (sorted keys, no whitespace, UTF-8), so the signature
+    covers exactly the manifest returned.
+
+    Raises:
+        ConfigError: bad URL or root.
+        NetworkError: the coordinator cannot be reached.
+        VerificationError: ``manifest_signature_invalid`` or ``manifest_digest_mismatch``.
+        RequestRefusedError: ``no_manifest`` and other refusals.
+    """
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            body = _json(client.get("/api/v1/manifest"))
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    manifest = _field(body, "manifest", dict)
+    canonical = json.dumps(
+        manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+    digest = hashlib.sha256(canonical).digest()
+    if _field(body, "sha256", str) != digest.hex():
+        raise VerificationError(
+            "manifest_digest_mismatch", "the manifest does not have the stated SHA-256"
+        )
+    root = x509.load_pem_x509_certificate(root_pem)
+    public_key = root.public_key()
+    try:
+        signature = base64.b64decode(_field(body, "signature", str), validate=True)
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise InvalidSignature
+        public_key.verify(signature, canonical, ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError) as exc:
+        raise VerificationError(
+            "manifest_signature_invalid", "the manifest is not signed by the pinned root"
+        ) from exc
+    return SignedManifest(manifest=manifest, canonical=canonical, sha256=digest)
 
 
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:

@@ -27,6 +27,7 @@ import datetime
 import enum
 import json
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
@@ -110,6 +111,8 @@ _CA_KEY = "ca"
 _MANIFEST_KEY = "manifest"
 _MANIFEST_SIGNATURE_KEY = "manifest-signature"
 _SIGNATURE_ALGORITHM = "ecdsa-sha384"
+# The instance ids the PKI accepts (they become a URI SAN and a store key).
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}$")
 
 
 def _instance_namespace(service: str) -> str:
@@ -621,6 +624,10 @@ class Coordinator:
         if service_spec is None:
             raise RequestRefusedError(
                 "unknown_service", "the manifest has no such service", status=404
+            )
+        if not _INSTANCE_RE.fullmatch(request.instance):
+            raise RequestRefusedError(
+                "invalid_instance", "instance ids are 1-128 letters, digits and _.~-"
             )
         try:
             nonce = bytes.fromhex(request.nonce_hex)
