@@ -7,6 +7,7 @@ Everything lives in one work directory (``$SEALPOD_DEMO_DIR`` or a fresh tempora
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import subprocess
@@ -30,12 +31,9 @@ def run(*args: str, expect: int = 0, show: bool = True) -> str:
     output = done.stdout + done.stderr
     if show:
         for line in output.rstrip().splitlines():
-            if not line.startswith("WARNING "):
-                print(f"  {line}")
+            print(f"  {line}")
     if done.returncode != expect:
-        print(
-            f"demo failed: expected exit code {expect}, got {done.returncode}", file=sys.stderr
-        )
+        print(f"demo failed: expected exit code {expect}, got {done.returncode}", file=sys.stderr)
         raise SystemExit(1)
     print(f"  (exit code {done.returncode}{', as expected' if expect else ''})")
     return done.stdout
@@ -53,15 +51,13 @@ def main() -> int:
     step("2. Sign an enclave: key, measurement (MRENCLAVE), SIGSTRUCT")
     run("key", "generate", "-o", "enclave-key.pem", "--force")
     # The enclave here is a stand-in blob; `sealpod build` measures real images the same way.
-    mr_enclave = measure_blob(b"sealpod demo enclave\n" * 100).hex()
+    mr_enclave = measure_blob(b"sealpod demo enclave\n" * 100, enclave_size=1 << 20).hex()
     print(f"  MRENCLAVE of the demo enclave: {mr_enclave}")
     run(
         "sigstruct", "sign", "--key", "enclave-key.pem", "--mrenclave", mr_enclave,
         "--isv-prod-id", "1", "--isv-svn", "2", "-o", "enclave.sig",
     )  # fmt: skip
     inspected = run("sigstruct", "inspect", "enclave.sig", "--json", show=False)
-    import json
-
     sig = json.loads(inspected)
     mr_signer = sig["mr_signer"]
     print(f"  mr_signer={mr_signer} signature_valid={sig['signature_valid']}")
