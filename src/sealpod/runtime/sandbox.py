@@ -22,6 +22,8 @@ Decisions worth knowing:
   whole pid namespace (``--die-with-parent``). ``--new-session`` always: the application cannot
   push input into the runtime's terminal (TIOCSTI), and terminal signals reach it through the
   forwarding.
+* **Environment.** ``--clearenv`` and then only the given variables; bubblewrap itself adds
+  ``PWD`` (the working directory) after ``--chdir``, as a shell would.
 * **Exit status.** The application's exit code passes through; killed by signal N gives 128+N.
 """
 
