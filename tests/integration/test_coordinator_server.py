@@ -36,6 +36,7 @@ from sealpod.coordinator import (
     activate,
     coordinator_identity,
     fetch_manifest,
+    measure_distribution,
     pinned_client,
     verify_coordinator,
 )
@@ -503,9 +504,11 @@ def test_cli_serve_runs_https_until_terminated(tmp_path: Path, platform: Simulat
         deadline = time.monotonic() + 30
         while True:
             try:
+                # Measured now, not cached: in a development checkout the distribution's
+                # files (hence the identity) change whenever someone edits one.
                 verified = verify_coordinator(
                     url,
-                    expect_mrenclave=coordinator_identity().mr_enclave,
+                    expect_mrenclave=measure_distribution().mr_enclave,
                     allow_simulation=True,
                     simulated_root_der=platform.root_certificate_der(),
                     timeout=2,
