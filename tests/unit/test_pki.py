@@ -347,11 +347,17 @@ def test_hardware_leaf_carries_no_simulated_mark(ca: CoordinatorCA) -> None:
     assert not is_simulated(leaf)
 
 
-def test_simulated_coordinator_marks_its_own_certificates() -> None:
+def test_simulated_coordinator_marks_its_own_certificates(tmp_path: Path) -> None:
     ca = CoordinatorCA.create(now=NOW, simulated=True)
     assert is_simulated(ca.root_certificate)
     assert is_simulated(ca.mesh.certificate)
     assert is_simulated(ca.rotate_mesh(now=NOW).mesh.certificate)
+    # The private extension on the CA certificates does not break path validation.
+    leaf = ca.issue_leaf(_ec_csr(), service="web", instance="1", simulated=True, now=NOW)
+    verify_chain(leaf, ca.trust_bundle(), ca.root_certificate, NOW, dns_name="web")
+    _assert_openssl_accepts(
+        _openssl_verify(tmp_path, leaf, ca.trust_bundle(), ca.root_certificate, NOW)
+    )
 
 
 # --- rotation ------------------------------------------------------------------------------

@@ -195,7 +195,9 @@ class StoreContract:
                 bytes(value) for (value,) in raw.query("SELECT value FROM sealpod_meta")
             )
             assert marker not in everything
-            assert repr(store).count("SealedStateStore") == 1
+            data_key = store._crypto.data_key.value
+            assert data_key not in everything and data_key not in blob
+            assert data_key.hex() not in repr(store) and data_key.hex() not in repr(store._crypto)
 
     # --- concurrency -------------------------------------------------------------------
 
@@ -325,6 +327,36 @@ class StoreContract:
         assert info.value.reason == "recovery_share_malformed"
         with pytest.raises(StoreSealedError):
             open_store(store_url, OTHER_SEALING_KEY)
+
+    def test_shares_of_a_replaced_recovery_split_are_refused(
+        self, store_url: str, recovery_keys: list[rsa.RSAPrivateKey]
+    ) -> None:
+        public = [k.public_key() for k in recovery_keys]
+        with open_store(store_url, SEALING_KEY) as store:
+            old = store.set_recovery_keys(public, 2)
+            new = store.set_recovery_keys(public[1:], 2)
+        old_plain = [
+            decrypt_recovery_share(s.encrypted_share, k)
+            for s, k in zip(old, recovery_keys, strict=True)
+        ]
+        new_plain = [
+            decrypt_recovery_share(s.encrypted_share, k)
+            for s, k in zip(new, recovery_keys[1:], strict=True)
+        ]
+        with pytest.raises(VerificationError) as info:
+            recover_store(store_url, OTHER_SEALING_KEY, old_plain[:2])
+        assert info.value.reason == "recovery_shares_invalid"
+        recover_store(store_url, OTHER_SEALING_KEY, new_plain).close()
+
+    def test_recovery_without_configured_keys_is_refused(
+        self, store_url: str, recovery_keys: list[rsa.RSAPrivateKey]
+    ) -> None:
+        with open_store(f"{store_url}", SEALING_KEY) as store:
+            store_id = store.store_id
+        share = b"SPRS\x01" + bytes.fromhex(store_id) + bytes([1, 1]) + bytes(32)
+        with pytest.raises(VerificationError) as info:
+            recover_store(store_url, OTHER_SEALING_KEY, [share])
+        assert info.value.reason == "recovery_not_configured"
 
     def test_share_encrypted_to_another_key_cannot_be_decrypted(
         self, store_url: str, recovery_keys: list[rsa.RSAPrivateKey]

@@ -15,7 +15,11 @@ The database (SQLite or PostgreSQL, see the backends) holds two tables. ``sealpo
                              id")[:16])``. One slot per sealing key (several replicas, or a
                              sealing key restored by recovery).
 ``recovery``                 JSON ``{"threshold": k, "keys": [SHA-256(SPKI) hex, ...]}``
-                             (informational; shares are handed out once, not stored).
+                             (informational and unauthenticated: shares are handed out once,
+                             never stored).
+``recovery_wrap``            ``nonce ‖ AES-256-GCM(R, data_key, AAD_recovery)``: the data key
+                             wrapped under the current *recovery key* ``R`` (random, 256 bits,
+                             new for every split; it exists only as Shamir shares).
 ``head``                     ``nonce ‖ AES-256-GCM(data_key, "SPH1" ‖ version(8) ‖ digest(32),
                              AAD_head)``: the state version and the record-set digest.
 ============================ ===================================================================
@@ -59,12 +63,18 @@ Sealing and recovery
 
 :func:`open_store` derives ``W`` from the sealing key and opens the matching slot; when there is
 none (the sealing key is missing or changed, e.g. another CPU or enclave) it raises
-:class:`StoreSealedError`, which puts the coordinator into its ``recovery`` state. The data key is
-also split k-of-n with Shamir's scheme (:mod:`sealpod.store.shamir`); share ``i`` is
+:class:`StoreSealedError`, which puts the coordinator into its ``recovery`` state.
+
+For recovery the data key is wrapped under a fresh recovery key ``R`` which is split k-of-n with
+Shamir's scheme (:mod:`sealpod.store.shamir`); share ``i`` is
 ``"SPRS" ‖ 0x01 ‖ store_id ‖ k ‖ x ‖ y(32)`` encrypted with RSA-OAEP(SHA-256, MGF1-SHA-256) to
-recovery key ``i`` (:meth:`Transaction.set_recovery_keys`). :func:`recover_store` takes k
-decrypted shares, rebuilds the data key, checks it against the authenticated head and seals it
-under the current sealing key.
+recovery public key ``i`` (:meth:`Transaction.set_recovery_keys`). :func:`recover_store` takes k
+decrypted shares, rebuilds ``R``, unwraps the data key, checks it against the authenticated head
+and seals it under the current sealing key. The indirection through ``R`` means that replacing
+the recovery keys (a manifest update) makes every earlier share useless against the current
+database. It does not re-encrypt the records: someone holding k old shares *and* a copy of the
+database from before the replacement can still read records, including later ones; revoking
+that needs a data-key rotation, which this store does not implement.
 """
 
 from __future__ import annotations
@@ -272,6 +282,12 @@ def _seal_data_key(sealing_key: bytes, store_id: bytes, data_key: bytes) -> tupl
     return slot, sealed
 
 
+def _wrap_for_recovery(recovery_key: bytes, store_id: bytes, data_key: bytes) -> bytes:
+    nonce = os.urandom(_NONCE)
+    aad = _LABEL + b"/recovery\x00" + store_id
+    return nonce + AESGCM(recovery_key).encrypt(nonce, data_key, aad)
+
+
 def _check_sealing_key(sealing_key: bytes) -> None:
     if not isinstance(sealing_key, bytes | bytearray) or len(sealing_key) < _MIN_SEALING_KEY:
         raise ConfigError(f"the sealing key must be at least {_MIN_SEALING_KEY} bytes")
@@ -289,7 +305,7 @@ class Transaction:
         #: The state version before this transaction.
         self.base_version = version
         self._writes: dict[tuple[str, str], bytes | None] = {}
-        self._recovery: tuple[RecoveryInfo, list[RecoveryShare]] | None = None
+        self._recovery: tuple[RecoveryInfo, bytes] | None = None
         self._active = True
 
     @property
@@ -401,9 +417,10 @@ class Transaction:
         if len(set(fingerprints)) != len(fingerprints):
             raise ConfigError("recovery keys must be distinct")
         crypto = self._store._crypto
-        parts = shamir.split_secret(
-            crypto.data_key.value, threshold=threshold, count=len(public_keys)
-        )
+        # A fresh recovery key per split: replacing the split makes earlier shares useless.
+        recovery_key = secrets.token_bytes(_KEY_BYTES)
+        wrapped = _wrap_for_recovery(recovery_key, crypto.store_id, crypto.data_key.value)
+        parts = shamir.split_secret(recovery_key, threshold=threshold, count=len(public_keys))
         shares = []
         for public_key, fingerprint, part in zip(public_keys, fingerprints, parts, strict=True):
             plaintext = _SHARE_MAGIC + crypto.store_id + bytes([threshold, part.x]) + part.y
@@ -413,8 +430,8 @@ class Transaction:
                     encrypted_share=public_key.encrypt(plaintext, _OAEP),
                 )
             )
-        self._recovery = (RecoveryInfo(threshold=threshold, key_fingerprints=fingerprints), shares)
-        return list(shares)
+        self._recovery = (RecoveryInfo(threshold=threshold, key_fingerprints=fingerprints), wrapped)
+        return shares
 
     def _commit(self) -> int:
         self._active = False
@@ -435,9 +452,10 @@ class Transaction:
             digest = _xor(digest, crypto.record_tag(namespace, key, version, blob))
             self._session.put_record(namespace, key, version, blob)
         if self._recovery is not None:
-            info = self._recovery[0]
+            info, wrapped = self._recovery
             document = {"threshold": info.threshold, "keys": list(info.key_fingerprints)}
             self._session.put_meta("recovery", json.dumps(document).encode())
+            self._session.put_meta("recovery_wrap", wrapped)
         self._session.put_meta("head", crypto.seal_head(version, digest))
         return version
 
@@ -729,7 +747,11 @@ def _recovery_info(session: Session) -> RecoveryInfo | None:
 
 
 def connect_backend(url: str) -> Backend:
-    """The backend for a state URL: ``sqlite:///PATH`` or ``postgresql://...``.
+    """The backend for a state URL.
+
+    ``sqlite://`` followed by a file path (``sqlite:///var/lib/sealpod/state.db`` is the
+    absolute path ``/var/lib/sealpod/state.db``; ``sqlite://state.db`` is relative to the
+    working directory); ``postgresql://...`` or ``postgres://...`` is handed to psycopg as is.
 
     Raises:
         ConfigError: for an unsupported URL.
@@ -915,13 +937,23 @@ def recover_store(
                     "not_enough_recovery_shares",
                     f"{len(points)} share(s) given, {threshold} needed",
                 )
-            crypto = _Crypto(store_id, shamir.combine_shares(points))
-            try:
-                crypto.open_head(session.get_meta("head"))
-            except VerificationError as exc:
+            wrapped = session.get_meta("recovery_wrap")
+            if wrapped is None:
                 raise VerificationError(
-                    "recovery_shares_invalid", "the shares do not rebuild this store's key"
+                    "recovery_not_configured", "this store has no recovery keys"
+                )
+            recovery_key = shamir.combine_shares(points)
+            try:
+                data_key = AESGCM(recovery_key).decrypt(
+                    wrapped[:_NONCE], wrapped[_NONCE:], _LABEL + b"/recovery\x00" + store_id
+                )
+            except (InvalidTag, ValueError) as exc:
+                raise VerificationError(
+                    "recovery_shares_invalid",
+                    "the shares do not rebuild this store's current recovery key",
                 ) from exc
+            crypto = _Crypto(store_id, data_key)
+            crypto.open_head(session.get_meta("head"))
             slot, sealed = _seal_data_key(bytes(sealing_key), store_id, crypto.data_key.value)
             session.put_meta(f"seal:{slot}", sealed)
         store = SealedStateStore(backend, crypto)
