@@ -547,10 +547,10 @@ class EncryptedFile:
         data_nodes = [node for node in dirty if node.kind == _DATA]
         mht_nodes = sorted((n for n in dirty if n.kind == _MHT), key=lambda n: -n.index)
         keys = os.urandom(fmt.KEY_SIZE * (len(dirty) + 1))
-        sealed: list[tuple[int, bytes]] = []
+        sealed: list[tuple[int, memoryview]] = []
         for number, node in enumerate(data_nodes + mht_nodes):
             key = keys[number * fmt.KEY_SIZE : (number + 1) * fmt.KEY_SIZE]
-            ciphertext = AESGCM(key).encrypt(fmt.ZERO_IV, bytes(node.plain), None)
+            ciphertext = AESGCM(key).encrypt(fmt.ZERO_IV, node.plain, None)
             if node.kind == _DATA:
                 parent_index, entry = fmt.data_parent(node.index)
             else:
@@ -561,16 +561,16 @@ class EncryptedFile:
                 else self._cache[fmt.mht_node_physical(parent_index)]
             )
             parent.plain[entry : entry + fmt.ENTRY_SIZE] = key + ciphertext[fmt.NODE_SIZE :]
-            sealed.append((node.physical, ciphertext[: fmt.NODE_SIZE]))
+            sealed.append((node.physical, memoryview(ciphertext)[: fmt.NODE_SIZE]))
         if self._size > fmt.METADATA_DATA_SIZE:
             if self._root.dirty:
                 key = keys[-fmt.KEY_SIZE :]
-                ciphertext = AESGCM(key).encrypt(fmt.ZERO_IV, bytes(self._root.plain), None)
+                ciphertext = AESGCM(key).encrypt(fmt.ZERO_IV, self._root.plain, None)
                 self._root_key, self._root_tag = key, ciphertext[fmt.NODE_SIZE :]
-                sealed.append((self._root.physical, ciphertext[: fmt.NODE_SIZE]))
+                sealed.append((self._root.physical, memoryview(ciphertext)[: fmt.NODE_SIZE]))
         else:
             self._root_key, self._root_tag = fmt.ZERO_KEY, fmt.ZERO_TAG
-        sealed.sort()
+        sealed.sort(key=lambda item: item[0])
         _write_runs(self._store, sealed)
         if durable and sealed:
             self._store.sync()  # barrier: the nodes are on disk before the metadata names them
@@ -594,9 +594,9 @@ class EncryptedFile:
         self._root_mac = tag
 
 
-def _write_runs(store: NodeStore, sealed: list[tuple[int, bytes]]) -> None:
+def _write_runs(store: NodeStore, sealed: list[tuple[int, memoryview]]) -> None:
     """Write (physical, ciphertext) pairs, sorted, coalescing contiguous nodes."""
-    run: list[bytes] = []
+    run: list[memoryview] = []
     first = previous = -2
     for physical, ciphertext in sealed:
         if physical != previous + 1 and run:
