@@ -5,9 +5,12 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sealpod.errors import ConfigError
 from sealpod.store import StoreConflictError, StoreUnavailableError, open_store
@@ -92,3 +95,54 @@ def test_closed_store_refuses_use(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreUnavailableError):
         store.get("ns", "k")
+
+
+_OPS = st.lists(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["put", "delete"]),
+            st.sampled_from(["ns", "other"]),
+            st.sampled_from(["a", "b", "c", "é"]),
+            st.binary(max_size=40),
+        ),
+        max_size=5,
+    ).map(tuple)
+    | st.just("abort"),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(transactions=_OPS)
+def test_store_behaves_like_a_dictionary(tmp_path: Path, transactions: list[object]) -> None:
+    """Model check: committed transactions apply all their writes, aborted ones none."""
+    url = f"sqlite://{tmp_path / f'model-{uuid.uuid4().hex}.db'}"
+    model: dict[tuple[str, str], bytes] = {}
+    expected_version = 0
+    with open_store(url, KEY) as store:
+        pending: list[tuple[str, str, str, bytes]] = []
+        for item in transactions:
+            if item == "abort":
+                with pytest.raises(KeyError), store.transaction() as tx:
+                    for op, namespace, key, value in pending:
+                        tx.put(namespace, key, value) if op == "put" else tx.delete(namespace, key)
+                    raise KeyError("abort")
+                continue
+            pending = list(item)  # type: ignore[call-overload]
+            with store.transaction() as tx:
+                for op, namespace, key, value in pending:
+                    if op == "put":
+                        tx.put(namespace, key, value)
+                        model[(namespace, key)] = value
+                    else:
+                        tx.delete(namespace, key)
+                        model.pop((namespace, key), None)
+            expected_version += 1 if pending else 0
+        for namespace in ("ns", "other"):
+            assert store.items(namespace) == sorted(
+                (k, v) for (ns, k), v in model.items() if ns == namespace
+            )
+        assert store.version == expected_version
+        assert store.verify_integrity() == expected_version
