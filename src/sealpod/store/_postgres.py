@@ -8,6 +8,9 @@ lock. Readers use ``REPEATABLE READ READ ONLY`` snapshots and never block writer
 :class:`~sealpod.store._backend.StoreConflictError` (retry the transaction); a lost connection is
 replaced on the next use. Durability is PostgreSQL's: ``COMMIT`` returns after the WAL is
 flushed (with the server's default ``synchronous_commit``).
+
+Each thread that uses the store gets its own connection, kept until :meth:`close`; size the
+server's ``max_connections`` for (replicas x worker threads).
 """
 
 from __future__ import annotations
