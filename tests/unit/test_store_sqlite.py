@@ -146,3 +146,38 @@ def test_store_behaves_like_a_dictionary(tmp_path: Path, transactions: list[obje
             )
         assert store.version == expected_version
         assert store.verify_integrity() == expected_version
+
+
+_INCREMENTER = r"""
+import sys
+from sealpod.store import open_store
+
+def increment(tx):
+    tx.put("c", "n", str(int(tx.get("c", "n")) + 1).encode())
+
+store = open_store(sys.argv[1], bytes.fromhex(sys.argv[2]), verify=False)
+for _ in range(int(sys.argv[3])):
+    store.transact(increment)
+store.close()
+"""
+
+
+def test_concurrent_increments_from_processes_are_not_lost(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    url = f"sqlite://{tmp_path / 'state.db'}"
+    with open_store(url, KEY) as store, store.transaction() as tx:
+        tx.put("c", "n", b"0")
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _INCREMENTER, url, KEY.hex(), "40"], env=environment
+        )
+        for _ in range(3)
+    ]
+    assert [child.wait(60) for child in children] == [0, 0, 0]
+    with open_store(url, KEY) as store:
+        assert store.get("c", "n") == b"120"
+        assert store.version == 121
