@@ -154,3 +154,16 @@ def test_corrupted_handle_refuses_further_use(sealed: bytes) -> None:
         f.read(0, 10)
     with pytest.raises(VerificationError):
         f.write(0, b"x")
+
+
+def test_flipped_bit_in_a_read_ahead_node_is_refused_when_it_is_read(sealed: bytes) -> None:
+    # Data node 5 sits at physical node 7; sequential reads of nodes 0..4 fetch it early.
+    f = EncryptedFile.from_store(
+        MemoryNodeStore(_flip(sealed, 4096 * 7 + 9)), KEY, path="/data/victim"
+    )
+    for index in range(5):
+        start = 3072 + 4096 * index
+        assert f.read(start, 4096) == PLAIN[start : start + 4096]
+    with pytest.raises(VerificationError) as info:
+        f.read(3072 + 4096 * 5, 1)
+    assert info.value.reason == "encfs_bad_mac"

@@ -49,6 +49,8 @@ _logger = logging.getLogger(__name__)
 _DATA = "data"
 _MHT = "mht"
 _DEFAULT_CACHE_NODES = 256
+#: Sequential reads fetch and open this many nodes (128 KiB) with one host read.
+_READ_AHEAD_NODES = 32
 
 
 @dataclass(eq=False, repr=False)
@@ -102,6 +104,7 @@ class EncryptedFile:
         self._cache_nodes = cache_nodes
         self._cache: OrderedDict[int, _Node] = OrderedDict()
         self._dirty_nodes = 0  # dirty nodes in the cache (the root is not in it)
+        self._last_index = -2  # last data node used, to detect sequential access
         self._failure: VerificationError | None = None
         self._closed = False
         self._fds = [] if owned_fd is None else [owned_fd]
@@ -467,6 +470,8 @@ class EncryptedFile:
 
     def _data_node(self, index: int) -> _Node:
         physical = fmt.data_node_physical(index)
+        sequential = index == self._last_index + 1
+        self._last_index = index
         node = self._cache.get(physical)
         if node is not None:
             self._cache.move_to_end(physical)
@@ -474,15 +479,40 @@ class EncryptedFile:
         mht_index, entry = fmt.data_parent(index)
         parent = self._mht_node(mht_index)
         if fmt.data_node_start(index) >= self._size:
-            plain = bytearray(fmt.NODE_SIZE)
-        else:
-            raw = self._store.read(fmt.NODE_SIZE * physical, fmt.NODE_SIZE)
-            key = bytes(parent.plain[entry : entry + fmt.KEY_SIZE])
-            tag = bytes(parent.plain[entry + fmt.KEY_SIZE : entry + fmt.ENTRY_SIZE])
-            plain = self._unseal(raw, key, tag, f"data node {index}")
-        node = _Node(_DATA, index, physical, plain)
-        self._cache[physical] = node
-        return node
+            node = _Node(_DATA, index, physical, bytearray(fmt.NODE_SIZE))
+            self._cache[physical] = node
+            return node
+        count = self._read_ahead(index, mht_index) if sequential else 1
+        raw = self._store.read(fmt.NODE_SIZE * physical, fmt.NODE_SIZE * count)
+        view = memoryview(raw)
+        for ahead in range(count):
+            piece = view[ahead * fmt.NODE_SIZE : (ahead + 1) * fmt.NODE_SIZE].tobytes()
+            at = entry + ahead * fmt.ENTRY_SIZE
+            key = bytes(parent.plain[at : at + fmt.KEY_SIZE])
+            tag = bytes(parent.plain[at + fmt.KEY_SIZE : at + fmt.ENTRY_SIZE])
+            if ahead == 0:
+                plain = self._unseal(piece, key, tag, f"data node {index}")
+            else:
+                # Read ahead: a node that fails here is reported when it is actually read.
+                try:
+                    plain = bytearray(AESGCM(key).decrypt(fmt.ZERO_IV, piece + tag, None))
+                except InvalidTag:
+                    break
+            self._cache[physical + ahead] = _Node(_DATA, index + ahead, physical + ahead, plain)
+        return self._cache[physical]
+
+    def _read_ahead(self, index: int, mht_index: int) -> int:
+        """How many nodes from ``index`` to read at once on a sequential access."""
+        limit = min(
+            _READ_AHEAD_NODES,
+            self._cache_nodes // 4,
+            (mht_index + 1) * fmt.DATA_ENTRIES_PER_MHT - index,  # same MHT group: contiguous
+            fmt.data_node_count(self._size) - index,
+        )
+        count = 1
+        while count < limit and fmt.data_node_physical(index + count) not in self._cache:
+            count += 1
+        return count
 
     def _mark_dirty(self, node: _Node) -> None:
         if node.dirty:
