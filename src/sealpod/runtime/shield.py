@@ -55,6 +55,7 @@ import itertools
 import logging
 import os
 import posixpath
+import re
 import shutil
 import stat
 import subprocess
@@ -1034,19 +1035,25 @@ _ACTIVE: list[Shield] = []
 
 def is_mounted(path: Path | str) -> bool:
     """Whether ``path`` is a mount point in this mount namespace (from /proc/self/mountinfo)."""
-    wanted = os.path.realpath(path)
+    wanted = os.fsencode(os.path.realpath(path))
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.readlines()
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
     except OSError:
         return False
     for line in lines:
-        fields = line.split()
-        if len(fields) > 4:
-            point = fields[4].encode().decode("unicode_escape")
-            if point == wanted:
-                return True
+        fields = line.split(b" ")
+        # mountinfo escapes space, tab, newline and backslash in paths as \ooo (octal).
+        if len(fields) > 4 and _OCTAL_ESCAPE.sub(_unescape, fields[4]) == wanted:
+            return True
     return False
+
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    return bytes([int(match.group(1), 8)])
 
 
 def _lazy_unmount(mountpoint: str) -> None:

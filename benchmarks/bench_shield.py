@@ -1,0 +1,180 @@
+"""Reading through the shield: sequential read of a 256 MiB trusted file against bare bubblewrap.
+
+Both sides run ``busybox dd bs=1M`` inside the same bubblewrap sandbox (``Sandbox``), in the same
+run, over the same backing file with the host page cache warm:
+
+* **baseline**: the backing rootfs directory bound as ``/`` directly (no FUSE);
+* **trusted, first open**: the file is a trusted file of a freshly mounted shield, so the read
+  includes the whole-file SHA-256 check at open and the per-chunk check of every byte served;
+* **trusted, re-read**: the same file opened again on that mount (verification cached, kernel
+  page cache kept: the steady state of a library the application opens again and again);
+* **allowed (passthrough)**: the same bytes as an allowed file, for FUSE's own cost.
+
+Throughput is bytes / (time of the dd run - time of a ``true`` run in the same sandbox), so
+bubblewrap's start-up is not counted. The shield runs in its own process, whose peak RSS
+(``VmHWM``) is reported. ``SEALPOD_BENCH_SHIELD_MIB`` changes the size (default 256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from sealpod.runtime import Sandbox
+
+_MIB = 1 << 20
+
+_SHIELD_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from sealpod.runtime import Shield, ShieldPolicy
+    spec = json.loads(sys.argv[1])
+    policy = ShieldPolicy(backing_root=Path(spec["root"]), trusted=spec["trusted"],
+                          allowed=frozenset(spec["allowed"]))
+    with Shield(policy).mount(spec["mountpoint"]):
+        print("mounted", flush=True)
+        sys.stdin.readline()
+    with open("/proc/self/status") as f:
+        hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    print(hwm * 1024, flush=True)
+    """
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _busybox() -> Path:
+    found = shutil.which("busybox")
+    if found is None or b"ld-linux" in Path(found).read_bytes()[:8192]:
+        raise SystemExit("bench_shield: needs a static busybox (Debian package busybox-static)")
+    return Path(found)
+
+
+def _timed_run(root: Path, argv: list[str]) -> float:
+    start = time.perf_counter()
+    status = Sandbox(root=root, argv=argv, env={"PATH": "/bin"}).run(
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"bench_shield: {argv} exited with {status}")
+    return elapsed
+
+
+def _read_seconds(root: Path, path: str) -> float:
+    """Seconds to read ``path`` sequentially in 1 MiB blocks, bubblewrap start-up subtracted."""
+    startup = min(_timed_run(root, ["/bin/busybox", "true"]) for _ in range(3))
+    dd = ["/bin/busybox", "dd", f"if={path}", "of=/dev/null", "bs=1M"]
+    return max(_timed_run(root, dd) - startup, 1e-6)
+
+
+def _build(root: Path, size: int) -> dict[str, str]:
+    for d in ("bin", "data", "shared", "proc", "dev"):
+        (root / d).mkdir(parents=True)
+    shutil.copy(_busybox(), root / "bin" / "busybox")
+    big = root / "data" / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(size // _MIB):
+            f.write(os.urandom(_MIB))
+    os.link(big, root / "shared" / "big.bin")  # the same bytes, as an allowed file
+    return {"/bin/busybox": _sha256(root / "bin" / "busybox"), "/data/big.bin": _sha256(big)}
+
+
+def run() -> list[dict[str, Any]]:
+    """Run the benchmark; rows of MB/s (higher is better) and the shield's peak memory."""
+    mib = int(os.environ.get("SEALPOD_BENCH_SHIELD_MIB", "256"))
+    size = mib * _MIB
+    with tempfile.TemporaryDirectory(prefix="bench-shield-") as tmp:
+        root, mountpoint = Path(tmp) / "rootfs", Path(tmp) / "mnt"
+        mountpoint.mkdir()
+        trusted = _build(root, size)
+        _sha256(root / "data" / "big.bin")  # warm the host page cache for both sides
+        bare = _read_seconds(root, "/data/big.bin")
+        spec = json.dumps(
+            {
+                "root": str(root),
+                "trusted": trusted,
+                "allowed": ["/shared"],
+                "mountpoint": str(mountpoint),
+            }
+        )
+        shield = subprocess.Popen(
+            [sys.executable, "-c", _SHIELD_PROCESS, spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            if shield.stdout is None or shield.stdin is None:
+                raise SystemExit("bench_shield: no pipe to the shield process")
+            if shield.stdout.readline().strip() != "mounted":
+                raise SystemExit("bench_shield: the shield did not mount")
+            first = _read_seconds(mountpoint, "/data/big.bin")
+            again = _read_seconds(mountpoint, "/data/big.bin")
+            passthrough = _read_seconds(mountpoint, "/shared/big.bin")
+            shield.stdin.write("stop\n")
+            shield.stdin.flush()
+            peak_rss = int(shield.stdout.readline())
+            shield.wait(timeout=30)
+        finally:
+            if shield.poll() is None:
+                shield.kill()
+                shield.wait()
+
+    def mbps(seconds: float) -> float:
+        return size / seconds / 1e6
+
+    rows: list[dict[str, Any]] = [
+        {
+            "benchmark": f"shield: {mib} MiB trusted file, first open (verify + read) vs bare bwrap",
+            "sealpod": mbps(first),
+            "baseline": mbps(bare),
+            "ratio": bare / first,
+            "unit": "MB/s",
+        },
+        {
+            "benchmark": f"shield: {mib} MiB trusted file, re-read (cached) vs bare bwrap",
+            "sealpod": mbps(again),
+            "baseline": mbps(bare),
+            "ratio": bare / again,
+            "unit": "MB/s",
+        },
+        {
+            "benchmark": f"shield: {mib} MiB allowed file (passthrough) vs bare bwrap",
+            "sealpod": mbps(passthrough),
+            "baseline": mbps(bare),
+            "ratio": bare / passthrough,
+            "unit": "MB/s",
+        },
+        {
+            "benchmark": "shield process peak RSS (VmHWM) after the reads",
+            "sealpod": peak_rss / _MIB,
+            "baseline": None,
+            "ratio": None,
+            "unit": "MiB",
+        },
+    ]
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        baseline = "" if row["baseline"] is None else f" (baseline {row['baseline']:.0f}"
+        ratio = "" if row["ratio"] is None else f", ratio {row['ratio']:.2f})"
+        print(f"{row['benchmark']}: {row['sealpod']:.0f} {row['unit']}{baseline}{ratio}")
