@@ -526,3 +526,24 @@ def test_cli_serve_runs_https_until_terminated(tmp_path: Path, platform: Simulat
     assert process.returncode == 0, stderr.decode()
     fingerprint = verified.root_certificate.fingerprint(hashes.SHA256()).hex()
     assert f"root certificate SHA-256: {fingerprint}" in stderr.decode()
+
+
+def test_metrics_count_activations_and_refusals(coordinator: Running) -> None:
+    backend = _backend(coordinator.platform)
+    # web-0 exists already (an earlier test): a restart does not take another slot.
+    activate(coordinator.url, coordinator.root_pem, "web", "web-0", backend)
+    body = _activation_body(
+        coordinator, _backend(coordinator.platform, OTHER_MRENCLAVE), "web", "m"
+    )
+    assert _post_activation(coordinator, body).status_code == 403
+    with pinned_client(coordinator.url, coordinator.root_pem) as client:
+        response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    values = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values['sealpod_activations_total{service="web"}'] >= 1
+    assert values['sealpod_activation_refusals_total{reason="mrenclave_mismatch"}'] >= 1
+    assert values["sealpod_activation_duration_seconds_count"] >= 2

@@ -89,6 +89,7 @@ def test_openapi_document_lists_the_api(client: TestClient) -> None:
         "/api/v1/activation",
         "/api/v1/audit",
         "/healthz",
+        "/metrics",
     ):
         assert path in document["paths"], path
     assert "ErrorResponse" in document["components"]["schemas"]

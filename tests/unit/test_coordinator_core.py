@@ -196,3 +196,28 @@ def test_wildcard_listen_covers_loopback_names() -> None:
     assert "localhost" in dns and "coord.example" in dns
     assert "127.0.0.1" in ips and "::1" in ips
     assert server_names("10.1.2.3") == ([], ["10.1.2.3"])
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_metrics_exposition_counts_and_buckets() -> None:
+    from sealpod.coordinator.metrics import CoordinatorMetrics
+
+    metrics = CoordinatorMetrics()
+    metrics.activation("web", 0.003)
+    metrics.activation("web", 0.2)
+    metrics.activation_refused("nonce_reused", 0.02)
+    metrics.activation_refused('odd"reason', 20.0)
+    lines = set(metrics.render().splitlines())
+    assert 'sealpod_activations_total{service="web"} 2' in lines
+    assert 'sealpod_activation_refusals_total{reason="nonce_reused"} 1' in lines
+    assert 'sealpod_activation_refusals_total{reason="odd\\"reason"} 1' in lines
+    # Cumulative buckets (Prometheus text format 0.0.4): le=0.005 holds 1, le=0.025 holds 2,
+    # le=0.25 holds 3, and +Inf holds all 4 (20 s is beyond the largest bucket).
+    assert 'sealpod_activation_duration_seconds_bucket{le="0.005"} 1' in lines
+    assert 'sealpod_activation_duration_seconds_bucket{le="0.025"} 2' in lines
+    assert 'sealpod_activation_duration_seconds_bucket{le="0.25"} 3' in lines
+    assert 'sealpod_activation_duration_seconds_bucket{le="10"} 3' in lines
+    assert 'sealpod_activation_duration_seconds_bucket{le="+Inf"} 4' in lines
+    assert "sealpod_activation_duration_seconds_count 4" in lines

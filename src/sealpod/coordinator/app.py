@@ -18,13 +18,14 @@ from typing import Annotated, Any, Literal
 from cryptography.hazmat.primitives import serialization
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sealpod import __version__
 from sealpod.coordinator.errors import RequestRefusedError
+from sealpod.coordinator.metrics import CONTENT_TYPE
 from sealpod.coordinator.service import (
     ActivationRequestData,
     Coordinator,
@@ -312,6 +313,14 @@ def create_app(
     @app.get("/healthz", response_model=HealthResponse)
     def healthz() -> HealthResponse:
         return HealthResponse(status="ok")
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    )
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(core.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/api/v1/status", response_model=StatusResponse)
     def status() -> StatusResponse:

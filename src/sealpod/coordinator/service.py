@@ -30,6 +30,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from sealpod.coordinator.binding import (
 )
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.coordinator.identity import coordinator_identity
+from sealpod.coordinator.metrics import CoordinatorMetrics
 from sealpod.coordinator.nonces import IssuedNonce, NonceRegistry
 from sealpod.coordinator.settings import CoordinatorSettings
 from sealpod.errors import ConfigError, QuoteFormatError, SealpodError, VerificationError
@@ -270,6 +272,7 @@ class Coordinator:
         self._lock = threading.Lock()
         self._nonces = NonceRegistry(ttl=settings.nonce_ttl, capacity=settings.max_pending_nonces)
         self._ca: CoordinatorCA | None = None
+        self._metrics = CoordinatorMetrics()
         self._manifest: ManifestInfo | None = None
         self._simulated_root = settings.simulated_root_der
         if self._simulated_root is None and isinstance(backend, SimulationBackend):
@@ -362,6 +365,11 @@ class Coordinator:
     def settings(self) -> CoordinatorSettings:
         """The settings it runs with."""
         return self._settings
+
+    @property
+    def metrics(self) -> CoordinatorMetrics:
+        """Counters and latency of this process."""
+        return self._metrics
 
     @property
     def simulated(self) -> bool:
@@ -513,6 +521,7 @@ class Coordinator:
             manifest = validate_manifest(parse_manifest_document(document))
             accepted, info = self._store_manifest(store, manifest)
         except SealpodError as exc:
+            self._metrics.manifest_refused(_refusal_code(exc))
             self._audit_refusal({"type": "manifest_refused"}, exc)
             raise
         with self._lock:
@@ -598,9 +607,11 @@ class Coordinator:
                 ``secret_not_set``, ``render_failed``, ``collateral_required``,
                 ``invalid_nonce``, ``recovery_mode``.
         """
+        started = time.perf_counter()
         try:
-            return self._activate(request)
+            outcome = self._activate(request)
         except SealpodError as exc:
+            self._metrics.activation_refused(_refusal_code(exc), time.perf_counter() - started)
             self._audit_refusal(
                 {
                     "type": "activation_refused",
@@ -610,6 +621,8 @@ class Coordinator:
                 exc,
             )
             raise
+        self._metrics.activation(request.service, time.perf_counter() - started)
+        return outcome
 
     def _activate(self, request: ActivationRequestData) -> ActivationOutcome:
         store = self._require_store()
