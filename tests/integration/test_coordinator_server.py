@@ -106,11 +106,15 @@ class Running:
 
 @contextmanager
 def running_coordinator(
-    state_dir: Path, platform: SimulatedPlatform, manifest: dict[str, Any] | None
+    state_dir: Path,
+    platform: SimulatedPlatform,
+    manifest: dict[str, Any] | None,
+    *,
+    state_url: str | None = None,
 ) -> Iterator[Running]:
     clock = Clock()
     settings = CoordinatorSettings(
-        state_url=f"sqlite:///{state_dir / 'state.db'}",
+        state_url=state_url or f"sqlite:///{state_dir / 'state.db'}",
         sim_dir=platform.directory,
         nonce_ttl=NONCE_TTL,
         clock=clock,
@@ -547,3 +551,22 @@ def test_metrics_count_activations_and_refusals(coordinator: Running) -> None:
     assert values['sealpod_activations_total{service="web"}'] >= 1
     assert values['sealpod_activation_refusals_total{reason="mrenclave_mismatch"}'] >= 1
     assert values["sealpod_activation_duration_seconds_count"] >= 2
+
+
+def test_coordinator_on_postgresql(
+    tmp_path: Path, platform: SimulatedPlatform, postgres_url: str
+) -> None:
+    manifest = _manifest(allow_simulation=True)
+    with running_coordinator(tmp_path, platform, manifest, state_url=postgres_url) as running:
+        backend = _backend(platform)
+        result = activate(running.url, running.root_pem, "web", "pg-0", backend)
+        assert len(bytes.fromhex(result.env["DB_KEY"])) == 32
+        body = _activation_body(running, backend, "web", "pg-replay")
+        assert _post_activation(running, body).status_code == 200
+        _assert_refused(running, _post_activation(running, body), 403, "nonce_reused", "pg-replay")
+        root_pem = running.root_pem
+    # A restart on the same database keeps the root, the manifest and the shared secrets.
+    with running_coordinator(tmp_path, platform, None, state_url=postgres_url) as again:
+        assert again.root_pem == root_pem
+        second = activate(again.url, again.root_pem, "web", "pg-1", _backend(platform))
+        assert second.env["DB_KEY"] == result.env["DB_KEY"]
