@@ -443,3 +443,55 @@ def test_mount_dies_with_its_owner_process(
             owner.wait()
         if owner.stdout is not None:
             owner.stdout.close()
+
+
+def test_trusted_file_replaced_by_a_fifo_is_refused_without_hanging(
+    mounted: tuple[Path, Path],
+) -> None:
+    mountpoint, root = mounted
+    (root / "etc" / "greeting").unlink()
+    os.mkfifo(root / "etc" / "greeting")
+    assert _errno_of(open, mountpoint / "etc" / "greeting", "rb") == errno.EACCES
+
+
+def test_symlink_planted_in_an_allowed_dir_cannot_reach_hidden_files(
+    mounted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    mountpoint, root = mounted
+    (root / "data" / "escape").symlink_to("/etc/hidden")
+    (root / "data" / "escape2").symlink_to("../secret-dir/x")
+    status, out, _ = run_app(
+        mountpoint, "cat /data/escape || echo no1; cat /data/escape2 || echo no2", tmp_path
+    )
+    assert status == 0 and out.split() == [b"no1", b"no2"]
+
+
+class _FailingVolume:
+    """A provider whose reads fail with a bug (not an OSError)."""
+
+    def __init__(self) -> None:
+        from sealpod.runtime import InMemoryVolume
+
+        self.inner = InMemoryVolume()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def read(self, handle: int, offset: int, size: int) -> bytes:
+        raise ValueError("provider bug")
+
+
+def test_a_failing_volume_provider_gives_eio_and_the_shield_keeps_serving(
+    rootfs: tuple[Path, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    from sealpod.runtime import Shield
+
+    root, trusted = rootfs
+    with Shield(make_policy(root, trusted, volumes={"/vol": _FailingVolume()})) as shield:
+        (shield.mountpoint / "vol" / "f").write_bytes(b"data")
+        with open(shield.mountpoint / "vol" / "f", "rb") as f:
+            with pytest.raises(OSError) as info:
+                f.read()
+        assert info.value.errno == errno.EIO
+        assert (shield.mountpoint / "etc" / "greeting").read_bytes().startswith(b"hello")
+    assert any("internal error" in r.getMessage() for r in caplog.records)

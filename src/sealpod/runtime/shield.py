@@ -48,6 +48,7 @@ shield created its own mountpoint, removes it; it falls back to a lazy ``fusermo
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import errno
 import functools
@@ -1031,6 +1032,14 @@ class _ShieldOperations(pyfuse3.Operations):
 
 _PROCESS_LOCK = threading.Lock()
 _ACTIVE: list[Shield] = []
+
+
+@atexit.register
+def _unmount_at_exit() -> None:
+    # A shield still mounted when the interpreter exits is unmounted (and its own mountpoint
+    # removed) here; after SIGKILL, libfuse's auto_unmount helper removes the mount instead.
+    for shield in list(_ACTIVE):
+        shield.unmount()
 
 
 def is_mounted(path: Path | str) -> bool:
