@@ -26,8 +26,10 @@ from pathlib import Path
 def find_postgres_bin() -> Path | None:
     """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``, or ``None``."""
     override = os.environ.get("SEALPOD_PG_BIN")
-    candidates = [Path(override)] if override else []
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    if override:
+        candidates = [Path(override)]
+    else:
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     for candidate in candidates:
         if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             return candidate
