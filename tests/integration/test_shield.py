@@ -110,7 +110,7 @@ def rootfs(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def make_policy(root: Path, trusted: Mapping[str, str], **kw: object):  # type: ignore[no-untyped-def]
-    from sealpod.runtime.shield import ShieldPolicy
+    from sealpod.runtime import ShieldPolicy
 
     options: dict[str, object] = {"allowed": frozenset({"/data"}), "tmpfs": ("/tmp",)}
     options.update(kw)

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from sealpod.errors import ConfigError
-from sealpod.runtime import Bind, InMemoryVolume, Sandbox, SandboxUser, VolumeProvider
-from sealpod.runtime.shield import ShieldPolicy
+from sealpod.runtime import (
+    Bind,
+    InMemoryVolume,
+    Sandbox,
+    SandboxUser,
+    ShieldPolicy,
+    VolumeProvider,
+)
 
 _H = "ab" * 32
 

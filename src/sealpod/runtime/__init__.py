@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sealpod.runtime.policy import ShieldPolicy
 from sealpod.runtime.sandbox import Bind, Sandbox, SandboxUser
 from sealpod.runtime.volumes import InMemoryVolume, VolumeProvider, VolumeStat
 
 if TYPE_CHECKING:
-    from sealpod.runtime.shield import Shield, ShieldPolicy, is_mounted, run_shielded
+    from sealpod.runtime.shield import Shield, is_mounted, run_shielded
 
 __all__ = [
     "Bind",
@@ -31,7 +32,7 @@ __all__ = [
     "run_shielded",
 ]
 
-_SHIELD_NAMES = frozenset({"Shield", "ShieldPolicy", "is_mounted", "run_shielded"})
+_SHIELD_NAMES = frozenset({"Shield", "is_mounted", "run_shielded"})
 
 
 def __getattr__(name: str) -> Any:

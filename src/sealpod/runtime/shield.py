@@ -63,11 +63,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
@@ -80,6 +80,8 @@ from sealpod.runtime._trusted import (
     VerificationCache,
     symlink_target_digest,
 )
+from sealpod.runtime.policy import ShieldPolicy as ShieldPolicy
+from sealpod.runtime.policy import is_under
 from sealpod.runtime.sandbox import Sandbox
 from sealpod.runtime.volumes import VolumeProvider
 
@@ -90,79 +92,6 @@ _SHA256_HEX = frozenset("0123456789abcdef")
 _TIMEOUT = 1.0
 _READAHEAD_KB = 1024
 _BLKSIZE = 1 << 20
-
-
-def _normalise(path: str, what: str) -> str:
-    """Check that ``path`` is absolute and normalised; return it.
-
-    Raises:
-        ConfigError: it is not.
-    """
-    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-        raise ConfigError(f"{what}: {path!r} is not an absolute path")
-    if posixpath.normpath(path) != path or path.startswith("//"):
-        raise ConfigError(f"{what}: {path!r} is not normalised")
-    return path
-
-
-def _is_under(path: str, prefix: str) -> bool:
-    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShieldPolicy:
-    """What the shield serves. Paths are absolute, as the application sees them.
-
-    ``memory_files`` hold secrets: they are excluded from ``repr`` and never logged.
-    ``owner`` (uid, gid) owns the in-memory nodes (tmpfs directories, memory files).
-
-    Raises:
-        ConfigError: a path is not absolute/normalised, a hash is not 64 lowercase hex digits,
-            "/" is a tmpfs or volume, or a tmpfs, volume or memory file overlaps a trusted path.
-    """
-
-    backing_root: Path
-    trusted: Mapping[str, str]
-    allowed: frozenset[str] = frozenset()
-    tmpfs: tuple[str, ...] = ()
-    memory_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
-    volumes: Mapping[str, VolumeProvider] = field(default_factory=dict)
-    owner: tuple[int, int] = (0, 0)
-    #: Empty read-only directories where the sandbox mounts /proc, /dev and the like.
-    mountpoints: tuple[str, ...] = ("/proc", "/dev")
-
-    def __post_init__(self) -> None:
-        trusted = {}
-        for path, digest in self.trusted.items():
-            _normalise(path, "trusted")
-            if path == "/":
-                raise ConfigError("trusted: '/' cannot be a trusted file")
-            if len(digest) != 64 or not set(digest) <= _SHA256_HEX:
-                raise ConfigError(f"trusted: {path}: not a lowercase hex SHA-256")
-            trusted[path] = digest
-        object.__setattr__(self, "trusted", MappingProxyType(trusted))
-        object.__setattr__(
-            self, "allowed", frozenset(_normalise(p, "allowed") for p in self.allowed)
-        )
-        object.__setattr__(self, "tmpfs", tuple(_normalise(p, "tmpfs") for p in self.tmpfs))
-        object.__setattr__(
-            self, "mountpoints", tuple(_normalise(p, "mountpoints") for p in self.mountpoints)
-        )
-        memory = {_normalise(p, "memory_files"): bytes(v) for p, v in self.memory_files.items()}
-        object.__setattr__(self, "memory_files", MappingProxyType(memory))
-        volumes = {_normalise(p, "volumes"): v for p, v in self.volumes.items()}
-        object.__setattr__(self, "volumes", MappingProxyType(volumes))
-        for what, paths in (("tmpfs", self.tmpfs), ("volumes", tuple(volumes))):
-            for mount in paths:
-                if mount == "/":
-                    raise ConfigError(f"{what}: '/' cannot be replaced")
-                if any(_is_under(t, mount) for t in trusted):
-                    raise ConfigError(f"{what}: {mount} would hide trusted files")
-        for path in memory:
-            if any(_is_under(t, path) for t in trusted):
-                raise ConfigError(f"memory_files: {path} overlaps a trusted path")
-            if any(_is_under(path, v) for v in volumes):
-                raise ConfigError(f"memory_files: {path} is inside a volume")
 
 
 class _Kind(Enum):
@@ -380,7 +309,7 @@ class _ShieldOperations(pyfuse3.Operations):
             self._new(_Kind.MEM_FILE, os.fsencode(tail), parent, mem=mem)
         for node in list(self._nodes.values()):
             if node.kind is _Kind.DIR:
-                node.allowed = any(_is_under(node.display(), a) for a in policy.allowed)
+                node.allowed = any(is_under(node.display(), a) for a in policy.allowed)
 
     # -- helpers --------------------------------------------------------------------------
 
