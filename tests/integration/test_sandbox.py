@@ -215,3 +215,18 @@ def test_missing_mount_point_under_the_root_is_a_config_error(tmp_path: Path) ->
         pytest.skip("bwrap (Debian package bubblewrap) is not installed")
     with pytest.raises(ConfigError):
         Sandbox(root=tmp_path, argv=["/bin/true"]).run()
+
+
+def test_failure_before_the_app_starts_still_cleans_up(
+    rootfs: tuple[Path, dict[str, str]],
+) -> None:
+    from sealpod.errors import ConfigError
+    from sealpod.runtime import Sandbox, run_shielded
+
+    root, trusted = rootfs
+    before_dirs, before_mounts = _shield_temp_dirs(), _shield_mounts()
+    sandbox = Sandbox(argv=["/bin/sh", "-c", "exit 0"], tmpfs=["/not-a-mount-point"])
+    with pytest.raises(ConfigError):
+        run_shielded(make_policy(root, trusted), sandbox)
+    assert _shield_temp_dirs() == before_dirs
+    assert _shield_mounts() == before_mounts

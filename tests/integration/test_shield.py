@@ -495,3 +495,16 @@ def test_a_failing_volume_provider_gives_eio_and_the_shield_keeps_serving(
         assert info.value.errno == errno.EIO
         assert (shield.mountpoint / "etc" / "greeting").read_bytes().startswith(b"hello")
     assert any("internal error" in r.getMessage() for r in caplog.records)
+
+
+def test_failed_mount_is_an_environment_error_and_frees_the_process_slot(
+    rootfs: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    from sealpod.errors import EnvironmentUnavailableError
+    from sealpod.runtime import Shield
+
+    root, trusted = rootfs
+    with pytest.raises(EnvironmentUnavailableError):
+        Shield(make_policy(root, trusted)).mount(tmp_path / "does-not-exist")
+    with Shield(make_policy(root, trusted)) as shield:
+        assert (shield.mountpoint / "etc" / "greeting").exists()
