@@ -157,7 +157,11 @@ class Sandbox:
         return None
 
     def options(self) -> list[str]:
-        """bwrap's options (everything before ``--``), as passed through ``--args``."""
+        """bwrap's options (everything before ``--``), as passed through ``--args``.
+
+        Raises:
+            ConfigError: ``root`` is not set.
+        """
         args = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup"]
         if not self.share_net:
             args.append("--unshare-net")

@@ -271,5 +271,5 @@ class InMemoryVolume:
             self._entries[new + p[len(old) :]] = e
         self._entries[new] = entry
         for h, p in list(self._handles.items()):
-            if p == old:
-                self._handles[h] = new
+            if p == old or p.startswith(old + "/"):
+                self._handles[h] = new + p[len(old) :]
