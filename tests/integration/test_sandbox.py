@@ -29,8 +29,13 @@ def rootfs(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return root, build_rootfs(root)
 
 
-def _shield_temp_dirs() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("sealpod-shield-")}
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private temporary directory where the shield makes its own mountpoint."""
+    path = tmp_path / "private-tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
 
 
 def _shield_mounts() -> list[str]:
@@ -59,22 +64,22 @@ def test_app_killed_by_a_signal_gives_128_plus_the_signal(
 
 
 def test_app_killed_with_sigkill_leaves_no_mount_and_no_temp_dirs(
-    rootfs: tuple[Path, dict[str, str]],
+    rootfs: tuple[Path, dict[str, str]], private_tmp: Path
 ) -> None:
     from sealpod.runtime import Sandbox, run_shielded
 
     root, trusted = rootfs
-    before_dirs, before_mounts = _shield_temp_dirs(), _shield_mounts()
     sandbox = Sandbox(
-        argv=["/bin/sh", "-c", "echo x > /tmp/state; kill -KILL $$"], env={"PATH": "/bin"}
+        argv=["/bin/sh", "-c", "echo x > /tmp/state; ls /tmp; kill -KILL $$"],
+        env={"PATH": "/bin"},
     )
     assert run_shielded(make_policy(root, trusted), sandbox) == 128 + signal.SIGKILL
-    assert _shield_temp_dirs() == before_dirs
-    assert _shield_mounts() == before_mounts
+    assert os.listdir(private_tmp) == []
+    assert not any(str(private_tmp) in line for line in _shield_mounts())
 
 
 def _runtime_process(
-    root: Path, trusted: dict[str, str], script: str, stop_timeout: float = 5.0
+    root: Path, trusted: dict[str, str], script: str, tmpdir: Path, stop_timeout: float = 5.0
 ) -> subprocess.Popen[bytes]:
     """A separate runtime (its own main thread, as `sealpod run` would be) running ``script``."""
     spec = json.dumps(
@@ -93,20 +98,21 @@ def _runtime_process(
         sys.exit(run_shielded(policy, sandbox))
         """
     )
-    return subprocess.Popen([sys.executable, "-c", code, spec], stdout=subprocess.PIPE)
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    return subprocess.Popen([sys.executable, "-c", code, spec], stdout=subprocess.PIPE, env=env)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_the_runtime_is_forwarded_to_the_app(
-    rootfs: tuple[Path, dict[str, str]], signum: signal.Signals
+    rootfs: tuple[Path, dict[str, str]], signum: signal.Signals, private_tmp: Path
 ) -> None:
     root, trusted = rootfs
-    before_dirs = _shield_temp_dirs()
     runtime = _runtime_process(
         root,
         trusted,
         f"trap 'echo got-{signum.name}; exit 42' {signum.name[3:]}; echo ready;"
         " while :; do sleep 0.05; done",
+        private_tmp,
     )
     try:
         assert runtime.stdout is not None
@@ -120,15 +126,19 @@ def test_signal_to_the_runtime_is_forwarded_to_the_app(
             runtime.wait()
         if runtime.stdout is not None:
             runtime.stdout.close()
-    assert _shield_temp_dirs() == before_dirs
+    assert os.listdir(private_tmp) == []
 
 
 def test_app_ignoring_sigterm_is_killed_after_the_stop_timeout(
-    rootfs: tuple[Path, dict[str, str]],
+    rootfs: tuple[Path, dict[str, str]], private_tmp: Path
 ) -> None:
     root, trusted = rootfs
     runtime = _runtime_process(
-        root, trusted, "trap '' TERM; echo ready; while :; do sleep 0.05; done", stop_timeout=1.0
+        root,
+        trusted,
+        "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+        private_tmp,
+        stop_timeout=1.0,
     )
     try:
         assert runtime.stdout is not None and runtime.stdout.readline() == b"ready\n"
@@ -218,15 +228,14 @@ def test_missing_mount_point_under_the_root_is_a_config_error(tmp_path: Path) ->
 
 
 def test_failure_before_the_app_starts_still_cleans_up(
-    rootfs: tuple[Path, dict[str, str]],
+    rootfs: tuple[Path, dict[str, str]], private_tmp: Path
 ) -> None:
     from sealpod.errors import ConfigError
     from sealpod.runtime import Sandbox, run_shielded
 
     root, trusted = rootfs
-    before_dirs, before_mounts = _shield_temp_dirs(), _shield_mounts()
     sandbox = Sandbox(argv=["/bin/sh", "-c", "exit 0"], tmpfs=["/not-a-mount-point"])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="not-a-mount-point"):
         run_shielded(make_policy(root, trusted), sandbox)
-    assert _shield_temp_dirs() == before_dirs
-    assert _shield_mounts() == before_mounts
+    assert os.listdir(private_tmp) == []
+    assert not any(str(private_tmp) in line for line in _shield_mounts())
