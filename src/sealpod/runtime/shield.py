@@ -488,7 +488,17 @@ class _ShieldOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._attrs(self._child(self._node(parent_inode), name))
+        try:
+            return self._attrs(self._child(self._node(parent_inode), name))
+        except pyfuse3.FUSEError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        # A negative entry the kernel may cache for the same short timeout (st_ino 0): programs
+        # probe many missing paths at start-up (Python's sys.path search).
+        negative = pyfuse3.EntryAttributes()
+        negative.st_ino = 0
+        negative.entry_timeout = _TIMEOUT
+        return negative
 
     async def forget(self, inode_list: object) -> None:
         # Nodes are kept for the life of the mount: their number is bounded by the paths the
