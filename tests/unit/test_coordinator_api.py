@@ -90,6 +90,7 @@ def test_openapi_document_lists_the_api(client: TestClient) -> None:
         "/api/v1/audit",
         "/healthz",
         "/metrics",
+        "/api/v1/secrets/{name}",
     ):
         assert path in document["paths"], path
     assert "ErrorResponse" in document["components"]["schemas"]

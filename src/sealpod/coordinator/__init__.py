@@ -10,10 +10,13 @@ from sealpod.coordinator.binding import activation_report_data, coordinator_repo
 from sealpod.coordinator.client import (
     ActivationResult,
     SignedManifest,
+    UserSecret,
     VerifiedCoordinator,
     activate,
     fetch_manifest,
+    get_secret,
     pinned_client,
+    set_secret,
     verify_coordinator,
 )
 from sealpod.coordinator.errors import RequestRefusedError
@@ -36,6 +39,7 @@ __all__ = [
     "CoordinatorState",
     "RequestRefusedError",
     "SignedManifest",
+    "UserSecret",
     "VerifiedCoordinator",
     "activate",
     "activation_report_data",
@@ -43,8 +47,10 @@ __all__ = [
     "coordinator_report_data",
     "create_app",
     "fetch_manifest",
+    "get_secret",
     "measure_distribution",
     "package_policy",
     "pinned_client",
+    "set_secret",
     "verify_coordinator",
 ]

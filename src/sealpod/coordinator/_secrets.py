@@ -28,7 +28,13 @@ from sealpod.manifest import (
 from sealpod.pki import CertifiedKey, CoordinatorCA, KeyType
 from sealpod.store import Transaction
 
-__all__ = ["SecretResolver", "SecretValue"]
+__all__ = [
+    "SHARED_NAMESPACE",
+    "SecretResolver",
+    "SecretValue",
+    "decode_secret",
+    "encode_secret",
+]
 
 SecretValue = SecretBytes | CertificateSecret
 
@@ -160,36 +166,50 @@ class SecretResolver:
 
     @staticmethod
     def _encode(secret: Secret, resolved: tuple[SecretValue, CertifiedKey | None]) -> bytes:
-        value, certified = resolved
-        document: dict[str, Any] = {"type": secret.type}
-        if certified is not None:
-            document["certified_key"] = certified.to_dict()
-        elif isinstance(value, SecretBytes):
-            document["data"] = value.data.hex()
-        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        return encode_secret(secret, resolved)
 
     @staticmethod
     def _decode(name: str, raw: bytes) -> tuple[SecretValue, CertifiedKey | None]:
+        return decode_secret(name, raw)
+
+
+def encode_secret(secret: Secret, resolved: tuple[SecretValue, CertifiedKey | None]) -> bytes:
+    """The stored form of a secret value (see the module docstring)."""
+    value, certified = resolved
+    document: dict[str, Any] = {"type": secret.type}
+    if certified is not None:
+        document["certified_key"] = certified.to_dict()
+    elif isinstance(value, SecretBytes):
+        document["data"] = value.data.hex()
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_secret(name: str, raw: bytes) -> tuple[SecretValue, CertifiedKey | None]:
+    """Inverse of :func:`encode_secret`.
+
+    Raises:
+        VerificationError: ``secret_record_malformed``.
+    """
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _malformed(name) from exc
+    if not isinstance(document, dict) or not isinstance(document.get("type"), str):
+        raise _malformed(name)
+    if "certified_key" in document:
         try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            certified = CertifiedKey.from_dict(document["certified_key"])
+        except VerificationError as exc:
             raise _malformed(name) from exc
-        if not isinstance(document, dict) or not isinstance(document.get("type"), str):
-            raise _malformed(name)
-        if "certified_key" in document:
-            try:
-                certified = CertifiedKey.from_dict(document["certified_key"])
-            except VerificationError as exc:
-                raise _malformed(name) from exc
-            return _certificate_secret(certified), certified
-        data = document.get("data")
-        if not isinstance(data, str):
-            raise _malformed(name)
-        try:
-            value = bytes.fromhex(data)
-        except ValueError as exc:
-            raise _malformed(name) from exc
-        return SecretBytes(value, kind=str(document["type"])), None
+        return _certificate_secret(certified), certified
+    data = document.get("data")
+    if not isinstance(data, str):
+        raise _malformed(name)
+    try:
+        value = bytes.fromhex(data)
+    except ValueError as exc:
+        raise _malformed(name) from exc
+    return SecretBytes(value, kind=str(document["type"])), None
 
 
 def _certificate_secret(certified: CertifiedKey) -> CertificateSecret:

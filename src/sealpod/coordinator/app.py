@@ -10,6 +10,7 @@ manifest or request body, 503 in recovery mode or when the store is unavailable.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,17 +19,19 @@ from typing import Annotated, Any, Literal
 from cryptography.hazmat.primitives import serialization
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sealpod import __version__
+from sealpod.coordinator.auth import AUTH_SCHEME
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.coordinator.metrics import CONTENT_TYPE
 from sealpod.coordinator.service import (
     ActivationRequestData,
     Coordinator,
+    UserSecretUpload,
     encode_files,
 )
 from sealpod.coordinator.settings import CoordinatorSettings
@@ -162,6 +165,25 @@ class ActivationResponse(_Model):
     )
 
 
+class SecretUploadRequest(_Model):
+    """``PUT /api/v1/secrets/{name}``: ``value`` (base64) for plain and symmetric-key secrets,
+    or ``certificate`` (PEM chain, leaf first) and ``private_key`` (PEM) for certificates."""
+
+    value: Annotated[str, Field(max_length=90_000)] | None = None
+    certificate: Annotated[str, Field(max_length=65536)] | None = None
+    private_key: Annotated[str, Field(max_length=65536)] | None = None
+
+
+class SecretResponse(_Model):
+    """``GET /api/v1/secrets/{name}``."""
+
+    name: str
+    type: str
+    value: str | None = Field(description="base64 (plain and symmetric-key secrets)")
+    certificate: str | None = Field(description="PEM chain, leaf first (certificate secrets)")
+    private_key: str | None = Field(description="PEM PKCS#8 (certificate secrets)")
+
+
 class AuditEntryModel(_Model):
     """One hash-chained audit entry."""
 
@@ -219,7 +241,10 @@ def _status_code_name(status: int) -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestRefusedError)
     async def _refused(_request: Request, exc: RequestRefusedError) -> JSONResponse:
-        return _error(exc.status, exc.code, str(exc))
+        response = _error(exc.status, exc.code, str(exc))
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = AUTH_SCHEME
+        return response
 
     @app.exception_handler(VerificationError)
     async def _verification(_request: Request, exc: VerificationError) -> JSONResponse:
@@ -405,6 +430,84 @@ def create_app(
             env=dict(rendered.env),
             argv=None if rendered.argv is None else list(rendered.argv),
             private_key_placeholder=outcome.private_key_placeholder,
+        )
+
+    signed_description = (
+        "Signed by a manifest user: Authorization: Sealpod-Signature (sealpod.coordinator.auth)."
+    )
+    signed_errors: dict[int | str, dict[str, Any]] = {**_ERRORS, 401: {"model": ErrorResponse}}
+
+    async def _user(request: Request, body: bytes) -> str:
+        raw_path = request.scope.get("raw_path")
+        target = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else request.url.path
+        query = request.scope.get("query_string", b"")
+        if query:
+            target += "?" + bytes(query).decode("latin-1")
+        return await run_in_threadpool(
+            core.authenticate,
+            request.headers.get("authorization"),
+            method=request.method,
+            target=target,
+            body=body,
+        )
+
+    @app.put(
+        "/api/v1/secrets/{name}",
+        status_code=204,
+        response_class=Response,
+        description=signed_description,
+        responses=signed_errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": SecretUploadRequest.model_json_schema()}
+                },
+            }
+        },
+    )
+    async def set_secret(name: str, request: Request) -> Response:
+        body = await request.body()
+        user = await _user(request, body)
+        try:
+            upload = SecretUploadRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from exc
+        value = None
+        if upload.value is not None:
+            try:
+                value = base64.b64decode(upload.value, validate=True)
+            except binascii.Error as exc:
+                raise RequestRefusedError("invalid_secret", "value must be base64") from exc
+        await run_in_threadpool(
+            core.set_secret,
+            user,
+            name,
+            UserSecretUpload(
+                value=value,
+                certificate_pem=upload.certificate,
+                private_key_pem=upload.private_key,
+            ),
+        )
+        return Response(status_code=204)
+
+    @app.get(
+        "/api/v1/secrets/{name}",
+        response_model=SecretResponse,
+        description=signed_description,
+        responses=signed_errors,
+    )
+    async def get_secret(name: str, request: Request) -> SecretResponse:
+        user = await _user(request, await request.body())
+        release = await run_in_threadpool(core.get_secret, user, name)
+        return SecretResponse(
+            name=release.name,
+            type=release.type,
+            value=None
+            if release.value is None
+            else base64.b64encode(release.value).decode("ascii"),
+            certificate=release.certificate_pem,
+            private_key=release.private_key_pem,
         )
 
     @app.get("/api/v1/audit", response_model=AuditResponse, responses=_ERRORS)

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import json
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -35,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from sealpod.attestation.collateral import Collateral
 from sealpod.attestation.policy import AppraisalPolicy
 from sealpod.attestation.verify import VerifiedEvidence, verify_quote
+from sealpod.coordinator.auth import UserPrivateKey, authorization_header
 from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.errors import ConfigError, NetworkError, VerificationError
@@ -44,16 +46,22 @@ from sealpod.tee import SimulationBackend, TEEBackend
 __all__ = [
     "ActivationResult",
     "SignedManifest",
+    "UserSecret",
     "VerifiedCoordinator",
     "activate",
     "fetch_manifest",
+    "get_secret",
     "pinned_client",
+    "set_secret",
     "verify_coordinator",
 ]
 
 _logger = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT = 30.0
+# 403 answers that are about who is asking, not about evidence.
+_REFUSAL_CODES_403 = frozenset({"permission_denied"})
+_SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -116,8 +124,8 @@ def _raise_for_error(response: httpx.Response) -> None:
         message = str(error["message"])
     except (ValueError, KeyError, TypeError):
         pass
-    if response.status_code == 403:
-        # The coordinator's message starts with the reason already.
+    if response.status_code == 403 and code not in _REFUSAL_CODES_403:
+        # Evidence the coordinator did not accept. Its message starts with the reason already.
         raise VerificationError(code, message.removeprefix(f"{code}: "))
     raise RequestRefusedError(code, message.removeprefix(f"{code}: "), status=response.status_code)
 
@@ -307,6 +315,145 @@ def fetch_manifest(
             "manifest_signature_invalid", "the manifest is not signed by the pinned root"
         ) from exc
     return SignedManifest(manifest=manifest, canonical=canonical, sha256=digest)
+
+
+@dataclass(frozen=True, repr=False)
+class UserSecret:
+    """A secret read by a user; its value never appears in ``repr``."""
+
+    name: str
+    type: str
+    value: bytes | None
+    certificate_pem: str | None
+    private_key_pem: str | None
+
+    def __repr__(self) -> str:
+        return f"UserSecret(name={self.name!r}, type={self.type!r}, <hidden>)"
+
+
+def _signed_request(
+    url: str,
+    root_pem: bytes,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float],
+    timeout: float,
+) -> httpx.Response:
+    root = x509.load_pem_x509_certificate(root_pem)
+    header = authorization_header(
+        key,
+        user=user,
+        method=method,
+        target=path,
+        body=body,
+        root_sha256=root.fingerprint(hashes.SHA256()),
+        time=int(clock()),
+    )
+    headers = {"authorization": header}
+    if body:
+        headers["content-type"] = "application/json"
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            return client.request(method, path, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+
+
+def _secret_path(name: str) -> str:
+    if not _SECRET_NAME_RE.fullmatch(name):
+        raise ConfigError(f"invalid secret name {name!r}")
+    return f"/api/v1/secrets/{name}"
+
+
+def set_secret(
+    url: str,
+    root_pem: bytes,
+    name: str,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    value: bytes | None = None,
+    certificate_pem: str | None = None,
+    private_key_pem: str | None = None,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> None:
+    """Set user-defined secret ``name`` as ``user`` (request signed with ``key``).
+
+    Raises:
+        ConfigError: bad URL, root or secret name.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: 401/403/404/409/400 refusals (``permission_denied``, ...).
+    """
+    document: dict[str, str] = {}
+    if value is not None:
+        document["value"] = base64.b64encode(value).decode("ascii")
+    if certificate_pem is not None:
+        document["certificate"] = certificate_pem
+    if private_key_pem is not None:
+        document["private_key"] = private_key_pem
+    response = _signed_request(
+        url,
+        root_pem,
+        method="PUT",
+        path=_secret_path(name),
+        body=json.dumps(document).encode(),
+        user=user,
+        key=key,
+        clock=clock,
+        timeout=timeout,
+    )
+    _raise_for_error(response)
+
+
+def get_secret(
+    url: str,
+    root_pem: bytes,
+    name: str,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> UserSecret:
+    """Read shared secret ``name`` as ``user``.
+
+    Raises:
+        ConfigError: bad URL, root or secret name.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: refusals (``permission_denied``, ``secret_not_set``, ...).
+    """
+    body = _json(
+        _signed_request(
+            url,
+            root_pem,
+            method="GET",
+            path=_secret_path(name),
+            body=b"",
+            user=user,
+            key=key,
+            clock=clock,
+            timeout=timeout,
+        )
+    )
+    raw_value = body.get("value")
+    try:
+        value = None if raw_value is None else base64.b64decode(str(raw_value), validate=True)
+    except ValueError as exc:
+        raise VerificationError("malformed_response", "the secret value is not base64") from exc
+    certificate = body.get("certificate")
+    private_key = body.get("private_key")
+    return UserSecret(
+        name=name,
+        type=str(body.get("type")),
+        value=value,
+        certificate_pem=None if certificate is None else str(certificate),
+        private_key_pem=None if private_key is None else str(private_key),
+    )
 
 
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:

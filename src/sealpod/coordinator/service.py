@@ -38,7 +38,7 @@ from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from pydantic import ValidationError
 
@@ -46,7 +46,13 @@ from sealpod import __version__
 from sealpod.attestation.collateral import Collateral
 from sealpod.attestation.policy import AppraisalPolicy
 from sealpod.attestation.verify import VerifiedEvidence, verify_quote
-from sealpod.coordinator._secrets import SecretResolver
+from sealpod.coordinator._secrets import (
+    SHARED_NAMESPACE,
+    SecretResolver,
+    decode_secret,
+    encode_secret,
+)
+from sealpod.coordinator.auth import RequestAuthenticator
 from sealpod.coordinator.binding import (
     MAX_NONCE_BYTES,
     MIN_NONCE_BYTES,
@@ -62,6 +68,7 @@ from sealpod.errors import ConfigError, QuoteFormatError, SealpodError, Verifica
 from sealpod.manifest import (
     Certificate,
     CertificateChain,
+    CertificateSecret,
     Manifest,
     ManifestValidationError,
     Package,
@@ -69,6 +76,7 @@ from sealpod.manifest import (
     PrivateKey,
     RenderContext,
     RenderedService,
+    SecretBytes,
     canonical_json,
     manifest_digest,
     parse_manifest_document,
@@ -76,7 +84,7 @@ from sealpod.manifest import (
     secrets_referenced,
     validate_manifest,
 )
-from sealpod.pki import CertifiedKey, CoordinatorCA, public_key_der
+from sealpod.pki import CertifiedKey, CoordinatorCA, certificates_to_pem, public_key_der
 from sealpod.store import (
     AuditEntry,
     AuditHead,
@@ -103,6 +111,8 @@ __all__ = [
     "CoordinatorState",
     "ManifestAccepted",
     "ManifestInfo",
+    "SecretRelease",
+    "UserSecretUpload",
     "package_policy",
 ]
 
@@ -192,6 +202,41 @@ class ActivationOutcome:
         )
 
 
+@dataclass(frozen=True, repr=False)
+class UserSecretUpload:
+    """A user-defined secret's new value: ``value`` (plain and symmetric-key secrets) or a
+    certificate chain (leaf first) with its private key (certificate secrets)."""
+
+    value: bytes | None = None
+    certificate_pem: str | None = None
+    private_key_pem: str | None = None
+
+    def __repr__(self) -> str:
+        return "UserSecretUpload(<hidden>)"
+
+
+@dataclass(frozen=True, repr=False)
+class SecretRelease:
+    """A secret as a user with the ``read`` role receives it."""
+
+    name: str
+    type: str
+    value: bytes | None = None
+    certificate_pem: str | None = None
+    private_key_pem: str | None = None
+
+    def __repr__(self) -> str:
+        return f"SecretRelease(name={self.name!r}, type={self.type!r}, <hidden>)"
+
+
+_MAX_USER_SECRET = 64 * 1024
+_CERT_KEY_TYPES: dict[str, type] = {
+    "cert-ecdsa": ec.EllipticCurvePrivateKey,
+    "cert-rsa": rsa.RSAPrivateKey,
+    "cert-ed25519": ed25519.Ed25519PrivateKey,
+}
+
+
 class _KeyPlaceholder:
     """Stands in for the service's private key while rendering (the coordinator never has it).
 
@@ -273,6 +318,7 @@ class Coordinator:
         self._nonces = NonceRegistry(ttl=settings.nonce_ttl, capacity=settings.max_pending_nonces)
         self._ca: CoordinatorCA | None = None
         self._metrics = CoordinatorMetrics()
+        self._auth = RequestAuthenticator()
         self._manifest: ManifestInfo | None = None
         self._simulated_root = settings.simulated_root_der
         if self._simulated_root is None and isinstance(backend, SimulationBackend):
@@ -788,6 +834,148 @@ class Coordinator:
         _logger.info("activated %s/%s (simulated=%s)", service, instance, evidence.simulated)
         return outcome
 
+    # -- users and user-defined secrets ------------------------------------------------------
+
+    def _current_manifest(self) -> ManifestInfo:
+        self._require_store()
+        with self._lock:
+            info = self._manifest
+        if info is None:
+            raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
+        return info
+
+    def authenticate(self, header: str | None, *, method: str, target: str, body: bytes) -> str:
+        """The manifest user who signed this request (:mod:`sealpod.coordinator.auth`).
+
+        Raises:
+            RequestRefusedError: 401 (``auth_missing``, ``signature_invalid``, ...),
+                ``no_manifest`` (409), ``recovery_mode`` (503).
+        """
+        info = self._current_manifest()
+        try:
+            return self._auth.authenticate(
+                header,
+                method=method,
+                target=target,
+                body=body,
+                users=info.manifest,
+                root_sha256=self.ca.root_certificate.fingerprint(hashes.SHA256()),
+                now=self._now(),
+            )
+        except RequestRefusedError as exc:
+            self._audit_refusal(
+                {"type": "request_refused", "method": method, "target": target[:200]}, exc
+            )
+            raise
+
+    @staticmethod
+    def _authorize(manifest: Manifest, user: str, resource: str, name: str, action: str) -> None:
+        spec = manifest.users.get(user)
+        for role_name in spec.roles if spec is not None else ():
+            role = manifest.roles.get(role_name)
+            if (
+                role is not None
+                and role.resource == resource
+                and action in role.actions
+                and (resource == "manifest" or name in role.names)
+            ):
+                return
+        raise RequestRefusedError(
+            "permission_denied", f"user {user} may not {action} {resource} {name}", status=403
+        )
+
+    def set_secret(self, user: str, name: str, upload: UserSecretUpload) -> None:
+        """Set a user-defined secret (role ``secrets``/``write`` on ``name``).
+
+        Raises:
+            RequestRefusedError: ``unknown_secret`` (404), ``permission_denied`` (403),
+                ``secret_not_user_defined`` (409), ``invalid_secret`` (400), ``no_manifest``.
+        """
+        try:
+            self._set_secret(user, name, upload)
+        except SealpodError as exc:
+            self._audit_refusal({"type": "secret_set_refused", "user": user, "secret": name}, exc)
+            raise
+
+    def _set_secret(self, user: str, name: str, upload: UserSecretUpload) -> None:
+        store = self._require_store()
+        info = self._current_manifest()
+        secret = info.manifest.secrets.get(name)
+        if secret is None:
+            raise RequestRefusedError(
+                "unknown_secret", "the manifest has no such secret", status=404
+            )
+        self._authorize(info.manifest, user, "secrets", name, "write")
+        if not secret.user_defined:
+            raise RequestRefusedError(
+                "secret_not_user_defined", "the coordinator generates this secret", status=409
+            )
+        resolved = _user_secret_value(secret.type, secret.effective_size, upload)
+        record = encode_secret(secret, resolved)
+        now = self._now_datetime()
+
+        def body(tx: Transaction) -> None:
+            tx.put(SHARED_NAMESPACE, name, record)
+            AuditLog.append(tx, {"type": "secret_set", "user": user, "secret": name}, now=now)
+
+        store.transact(body)
+        _logger.info("user %s set secret %s", user, name)
+
+    def get_secret(self, user: str, name: str) -> SecretRelease:
+        """Read a shared secret (role ``secrets``/``read`` on ``name``); audited.
+
+        Raises:
+            RequestRefusedError: ``unknown_secret`` (404), ``permission_denied`` (403),
+                ``secret_per_instance`` (409), ``secret_not_set`` (404), ``no_manifest``.
+        """
+        try:
+            return self._get_secret(user, name)
+        except SealpodError as exc:
+            self._audit_refusal({"type": "secret_read_refused", "user": user, "secret": name}, exc)
+            raise
+
+    def _get_secret(self, user: str, name: str) -> SecretRelease:
+        store = self._require_store()
+        info = self._current_manifest()
+        secret = info.manifest.secrets.get(name)
+        if secret is None:
+            raise RequestRefusedError(
+                "unknown_secret", "the manifest has no such secret", status=404
+            )
+        self._authorize(info.manifest, user, "secrets", name, "read")
+        if secret.scope != "shared":
+            raise RequestRefusedError(
+                "secret_per_instance", "a per-instance secret has no single value", status=409
+            )
+        now = self._now_datetime()
+
+        def body(tx: Transaction) -> bytes | None:
+            raw = tx.get(SHARED_NAMESPACE, name)
+            if raw is not None:
+                AuditLog.append(tx, {"type": "secret_read", "user": user, "secret": name}, now=now)
+            return raw
+
+        raw = store.transact(body)
+        if raw is None:
+            raise RequestRefusedError("secret_not_set", "the secret has no value yet", status=404)
+        value, certified = decode_secret(name, raw)
+        if certified is not None:
+            return SecretRelease(
+                name=name,
+                type=secret.type,
+                certificate_pem=certificates_to_pem(
+                    (certified.certificate, *certified.chain)
+                ).decode("ascii"),
+                private_key_pem=certified.private_key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ).decode("ascii"),
+            )
+        if not isinstance(value, SecretBytes):  # pragma: no cover - decode_secret's contract
+            raise VerificationError("secret_record_malformed", f"stored secret {name!r}")
+        return SecretRelease(name=name, type=secret.type, value=value.data)
+
     # -- audit ------------------------------------------------------------------------------
 
     def _audit_refusal(self, event: dict[str, Any], exc: SealpodError) -> None:
@@ -816,6 +1004,48 @@ class Coordinator:
         log = AuditLog(store)
         with store.snapshot():
             return log.entries(start=start, limit=limit), log.head()
+
+
+def _invalid(message: str) -> RequestRefusedError:
+    return RequestRefusedError("invalid_secret", message, status=400)
+
+
+def _user_secret_value(
+    secret_type: str, size: int | None, upload: UserSecretUpload
+) -> tuple[SecretBytes | CertificateSecret, CertifiedKey | None]:
+    """Check an uploaded value against the secret's type and size.
+
+    Raises:
+        RequestRefusedError: ``invalid_secret`` (400).
+    """
+    key_type = _CERT_KEY_TYPES.get(secret_type)
+    if key_type is None:
+        if upload.value is None or upload.certificate_pem or upload.private_key_pem:
+            raise _invalid(f"a {secret_type} secret takes a value only")
+        if len(upload.value) > _MAX_USER_SECRET:
+            raise _invalid(f"the value is larger than {_MAX_USER_SECRET} bytes")
+        is_key = secret_type == "symmetric-key"  # noqa: S105 (a type name, not a password)
+        if is_key and size is not None and len(upload.value) * 8 != size:
+            raise _invalid(f"the key must be {size} bits")
+        return SecretBytes(upload.value, kind=secret_type), None
+    if upload.value is not None or not upload.certificate_pem or not upload.private_key_pem:
+        raise _invalid("a certificate secret takes a certificate and a private key")
+    try:
+        chain = x509.load_pem_x509_certificates(upload.certificate_pem.encode("ascii"))
+        key = serialization.load_pem_private_key(upload.private_key_pem.encode("ascii"), None)
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise _invalid("the certificate or private key does not parse (unencrypted PEM)") from exc
+    if not isinstance(key, key_type):
+        raise _invalid(f"a {secret_type} secret needs a {secret_type.removeprefix('cert-')} key")
+    if public_key_der(key.public_key()) != public_key_der(chain[0].public_key()):
+        raise _invalid("the private key does not belong to the certificate")
+    certified = CertifiedKey(
+        certificate=chain[0], private_key=cast(Any, key), chain=tuple(chain[1:])
+    )
+    return (
+        CertificateSecret(cert=Certificate(chain[0]), private_key=PrivateKey(cast(Any, key))),
+        certified,
+    )
 
 
 def _hex(value: bytes | None) -> str | None:
