@@ -32,8 +32,10 @@ __all__ = [
     "SHARED_NAMESPACE",
     "SecretResolver",
     "SecretValue",
+    "changed_secrets",
     "decode_secret",
     "encode_secret",
+    "forget_secrets",
 ]
 
 SecretValue = SecretBytes | CertificateSecret
@@ -171,6 +173,38 @@ class SecretResolver:
     @staticmethod
     def _decode(name: str, raw: bytes) -> tuple[SecretValue, CertifiedKey | None]:
         return decode_secret(name, raw)
+
+
+def changed_secrets(old: Manifest, new: Manifest) -> set[str]:
+    """Secrets of ``old`` whose value cannot be kept under ``new``: removed, redefined, or
+    issued (directly or not) by such a secret."""
+    changed = {
+        name
+        for name, secret in old.secrets.items()
+        if name not in new.secrets or new.secrets[name] != secret
+    }
+    grew = True
+    while grew:
+        grew = False
+        for name, secret in old.secrets.items():
+            template = secret.certificate
+            if name in changed or template is None or template.issuer == _MESH:
+                continue
+            if template.issuer in changed:
+                changed.add(name)
+                grew = True
+    return changed
+
+
+def forget_secrets(tx: Transaction, names: set[str], services: list[str]) -> None:
+    """Delete the stored values of ``names`` (shared, and per instance of ``services``)."""
+    for name in sorted(names):
+        tx.delete(SHARED_NAMESPACE, name)
+    for service in services:
+        namespace = _instance_namespace(service)
+        for key in tx.keys(namespace):
+            if key.partition("/")[2] in names:
+                tx.delete(namespace, key)
 
 
 def encode_secret(secret: Secret, resolved: tuple[SecretValue, CertifiedKey | None]) -> bytes:

@@ -31,6 +31,7 @@ from sealpod.coordinator.metrics import CONTENT_TYPE
 from sealpod.coordinator.service import (
     ActivationRequestData,
     Coordinator,
+    UpdateStatus,
     UserSecretUpload,
     encode_files,
 )
@@ -182,6 +183,26 @@ class SecretResponse(_Model):
     value: str | None = Field(description="base64 (plain and symmetric-key secrets)")
     certificate: str | None = Field(description="PEM chain, leaf first (certificate secrets)")
     private_key: str | None = Field(description="PEM PKCS#8 (certificate secrets)")
+
+
+class UpdateResponse(_Model):
+    """A manifest update proposal and its approvals."""
+
+    id: str
+    manifest_sha256: str
+    proposer: str
+    approvals: list[str]
+    threshold: int
+    applied: bool
+    recovery_shares: dict[str, str] = Field(
+        description="new recovery shares when the applied update changed the recovery keys"
+    )
+
+
+class PendingUpdateResponse(_Model):
+    """``GET /api/v1/manifest/updates``."""
+
+    pending: UpdateResponse | None
 
 
 class AuditEntryModel(_Model):
@@ -509,6 +530,67 @@ def create_app(
             certificate=release.certificate_pem,
             private_key=release.private_key_pem,
         )
+
+    def _update(status: UpdateStatus) -> UpdateResponse:
+        return UpdateResponse(
+            id=status.id,
+            manifest_sha256=status.manifest_sha256.hex(),
+            proposer=status.proposer,
+            approvals=list(status.approvals),
+            threshold=status.threshold,
+            applied=status.applied,
+            recovery_shares={
+                name: base64.b64encode(share).decode("ascii")
+                for name, share in status.recovery_shares.items()
+            },
+        )
+
+    @app.post(
+        "/api/v1/manifest/updates",
+        response_model=UpdateResponse,
+        description=signed_description + " Body: the new manifest (JSON or YAML).",
+        responses=signed_errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/yaml": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def propose_update(request: Request) -> UpdateResponse:
+        body = await request.body()
+        user = await _user(request, body)
+        return _update(await run_in_threadpool(core.propose_update, user, body))
+
+    @app.get("/api/v1/manifest/updates", response_model=PendingUpdateResponse, responses=_ERRORS)
+    def pending_update() -> PendingUpdateResponse:
+        status = core.pending_update()
+        return PendingUpdateResponse(pending=None if status is None else _update(status))
+
+    @app.post(
+        "/api/v1/manifest/updates/{update_id}/approve",
+        response_model=UpdateResponse,
+        description=signed_description,
+        responses=signed_errors,
+    )
+    async def approve_update(update_id: str, request: Request) -> UpdateResponse:
+        user = await _user(request, await request.body())
+        return _update(await run_in_threadpool(core.approve_update, user, update_id))
+
+    @app.post(
+        "/api/v1/manifest/updates/{update_id}/cancel",
+        status_code=204,
+        response_class=Response,
+        description=signed_description,
+        responses=signed_errors,
+    )
+    async def cancel_update(update_id: str, request: Request) -> Response:
+        user = await _user(request, await request.body())
+        await run_in_threadpool(core.cancel_update, user, update_id)
+        return Response(status_code=204)
 
     @app.get("/api/v1/audit", response_model=AuditResponse, responses=_ERRORS)
     def audit(

@@ -45,13 +45,17 @@ from sealpod.tee import SimulationBackend, TEEBackend
 
 __all__ = [
     "ActivationResult",
+    "ManifestUpdate",
     "SignedManifest",
     "UserSecret",
     "VerifiedCoordinator",
     "activate",
+    "approve_update",
+    "cancel_update",
     "fetch_manifest",
     "get_secret",
     "pinned_client",
+    "propose_update",
     "set_secret",
     "verify_coordinator",
 ]
@@ -59,6 +63,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT = 30.0
+_ACTIVATION_ATTEMPTS = 3
 # 403 answers that are about who is asking, not about evidence.
 _REFUSAL_CODES_403 = frozenset({"permission_denied"})
 _SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -456,6 +461,145 @@ def get_secret(
     )
 
 
+@dataclass(frozen=True)
+class ManifestUpdate:
+    """A manifest update proposal as the coordinator reports it."""
+
+    id: str
+    manifest_sha256: bytes
+    proposer: str
+    approvals: tuple[str, ...]
+    threshold: int
+    applied: bool
+    recovery_shares: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+
+def _update(body: Mapping[str, Any]) -> ManifestUpdate:
+    try:
+        return ManifestUpdate(
+            id=str(body["id"]),
+            manifest_sha256=bytes.fromhex(str(body["manifest_sha256"])),
+            proposer=str(body["proposer"]),
+            approvals=tuple(str(user) for user in body["approvals"]),
+            threshold=int(body["threshold"]),
+            applied=bool(body["applied"]),
+            recovery_shares={
+                str(name): base64.b64decode(str(share), validate=True)
+                for name, share in dict(body.get("recovery_shares") or {}).items()
+            },
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationError("malformed_response", "unexpected update document") from exc
+
+
+_UPDATE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def propose_update(
+    url: str,
+    root_pem: bytes,
+    document: bytes,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> ManifestUpdate:
+    """Propose ``document`` (a manifest, JSON or YAML) as the next manifest.
+
+    Raises:
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: ``permission_denied``, ``update_pending``, ``manifest_invalid``...
+    """
+    return _update(
+        _json(
+            _signed_request(
+                url,
+                root_pem,
+                method="POST",
+                path="/api/v1/manifest/updates",
+                body=document,
+                user=user,
+                key=key,
+                clock=clock,
+                timeout=timeout,
+            )
+        )
+    )
+
+
+def _update_action(
+    action: str,
+    url: str,
+    root_pem: bytes,
+    update_id: str,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float],
+    timeout: float,
+) -> httpx.Response:
+    if not _UPDATE_ID_RE.fullmatch(update_id):
+        raise ConfigError(f"invalid update id {update_id!r}")
+    return _signed_request(
+        url,
+        root_pem,
+        method="POST",
+        path=f"/api/v1/manifest/updates/{update_id}/{action}",
+        body=b"",
+        user=user,
+        key=key,
+        clock=clock,
+        timeout=timeout,
+    )
+
+
+def approve_update(
+    url: str,
+    root_pem: bytes,
+    update_id: str,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> ManifestUpdate:
+    """Approve the pending update ``update_id`` as ``user``.
+
+    Raises:
+        ConfigError: a malformed update id.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: ``no_such_update``, ``already_approved``, ``permission_denied``...
+    """
+    response = _update_action(
+        "approve", url, root_pem, update_id, user=user, key=key, clock=clock, timeout=timeout
+    )
+    return _update(_json(response))
+
+
+def cancel_update(
+    url: str,
+    root_pem: bytes,
+    update_id: str,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> None:
+    """Withdraw the pending update ``update_id``.
+
+    Raises:
+        ConfigError: a malformed update id.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: ``no_such_update``, ``permission_denied``...
+    """
+    response = _update_action(
+        "cancel", url, root_pem, update_id, user=user, key=key, clock=clock, timeout=timeout
+    )
+    _raise_for_error(response)
+
+
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:
     try:
         certificates = tuple(x509.load_pem_x509_certificates(pem.encode("ascii")))
@@ -497,6 +641,30 @@ def activate(
         collateral_json = collateral.to_mapping()
     else:
         collateral_json = dict(collateral)
+    for attempt in range(1, _ACTIVATION_ATTEMPTS + 1):
+        try:
+            return _activate_once(
+                url, root_pem, service, instance, backend, collateral_json, clock, timeout
+            )
+        except RequestRefusedError as exc:
+            # A manifest update landed while we were activating: run the whole protocol again
+            # (new key, new nonce) against the new manifest.
+            if exc.code != "manifest_changed" or attempt == _ACTIVATION_ATTEMPTS:
+                raise
+            _logger.info("the manifest changed during activation; retrying")
+    raise RuntimeError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _activate_once(
+    url: str,
+    root_pem: bytes,
+    service: str,
+    instance: str,
+    backend: TEEBackend,
+    collateral_json: Mapping[str, Any],
+    clock: Callable[[], float],
+    timeout: float,
+) -> ActivationResult:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()

@@ -31,8 +31,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -49,8 +49,10 @@ from sealpod.attestation.verify import VerifiedEvidence, verify_quote
 from sealpod.coordinator._secrets import (
     SHARED_NAMESPACE,
     SecretResolver,
+    changed_secrets,
     decode_secret,
     encode_secret,
+    forget_secrets,
 )
 from sealpod.coordinator.auth import RequestAuthenticator
 from sealpod.coordinator.binding import (
@@ -112,6 +114,7 @@ __all__ = [
     "ManifestAccepted",
     "ManifestInfo",
     "SecretRelease",
+    "UpdateStatus",
     "UserSecretUpload",
     "package_policy",
 ]
@@ -122,6 +125,8 @@ _NS = "coordinator"
 _CA_KEY = "ca"
 _MANIFEST_KEY = "manifest"
 _MANIFEST_SIGNATURE_KEY = "manifest-signature"
+_MANIFEST_SHA_KEY = "manifest-sha256"
+_PENDING_UPDATE_KEY = "pending-update"
 _SIGNATURE_ALGORITHM = "ecdsa-sha384"
 # The instance ids the PKI accepts (they become a URI SAN and a store key).
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}$")
@@ -200,6 +205,20 @@ class ActivationOutcome:
             f"ActivationOutcome(service={self.service!r}, instance={self.instance!r}, "
             f"simulated={self.evidence.simulated}, rendered={self.rendered!r})"
         )
+
+
+@dataclass(frozen=True)
+class UpdateStatus:
+    """A proposed manifest update and its approvals (``applied`` once the threshold is met)."""
+
+    id: str
+    manifest_sha256: bytes
+    proposer: str
+    approvals: tuple[str, ...]
+    threshold: int
+    applied: bool = False
+    #: New recovery shares, when the applied update changed the recovery keys (returned once).
+    recovery_shares: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, repr=False)
@@ -582,15 +601,7 @@ class Coordinator:
         now = self._now_datetime()
         canonical = canonical_json(manifest)
         digest = manifest_digest(manifest)
-        root_key = ca.root.private_key
-        if not isinstance(root_key, ec.EllipticCurvePrivateKey):  # pragma: no cover
-            raise ConfigError("the coordinator root key is not an ECDSA key")
-        signature = root_key.sign(canonical, ec.ECDSA(hashes.SHA384()))
-        recovery_keys = []
-        if manifest.recovery is not None:
-            for name, pem in manifest.recovery.keys.items():
-                key = serialization.load_pem_public_key(pem.encode())
-                recovery_keys.append((name, key))
+        signature = self._sign(ca, canonical)
 
         def body(tx: Transaction) -> dict[str, bytes]:
             if tx.get(_NS, _MANIFEST_KEY) is not None:
@@ -599,18 +610,11 @@ class Coordinator:
                 )
             tx.put(_NS, _MANIFEST_KEY, canonical)
             tx.put(_NS, _MANIFEST_SIGNATURE_KEY, signature)
+            tx.put(_NS, _MANIFEST_SHA_KEY, digest)
             generated = SecretResolver(
                 tx, manifest, ca, now=now, simulated=self.simulated
             ).generate_shared()
-            shares: dict[str, bytes] = {}
-            if manifest.recovery is not None:
-                made: list[RecoveryShare] = tx.set_recovery_keys(
-                    [cast(Any, key) for _, key in recovery_keys], manifest.recovery.threshold
-                )
-                shares = {
-                    name: share.encrypted_share
-                    for (name, _), share in zip(recovery_keys, made, strict=True)
-                }
+            shares = self._split_recovery(tx, manifest)
             AuditLog.append(
                 tx,
                 {
@@ -675,8 +679,8 @@ class Coordinator:
         now = self._now()
         now_dt = datetime.datetime.fromtimestamp(now, datetime.UTC)
         with self._lock:
-            info = self._manifest
-        if info is None:
+            info, ca = self._manifest, self._ca
+        if info is None or ca is None:
             raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
         manifest = info.manifest
         service_spec = manifest.services.get(request.service)
@@ -725,12 +729,13 @@ class Coordinator:
                     "advisory_not_accepted",
                     f"the platform is affected by {', '.join(open_advisories)}",
                 )
-        return self._provision(store, info, request, csr, evidence, now_dt)
+        return self._provision(store, info, ca, request, csr, evidence, now_dt)
 
     def _provision(
         self,
         store: SealedStateStore,
         info: ManifestInfo,
+        ca: CoordinatorCA,
         request: ActivationRequestData,
         csr: x509.CertificateSigningRequest,
         evidence: VerifiedEvidence,
@@ -740,12 +745,17 @@ class Coordinator:
         service = request.service
         instance = request.instance
         spec = manifest.services[service]
-        ca = self.ca
         referenced = sorted(secrets_referenced(manifest, service))
         placeholder = f"sealpod-activation-private-key-{secrets.token_hex(16)}"
         validity = datetime.timedelta(days=self._settings.leaf_validity_days)
 
         def body(tx: Transaction) -> ActivationOutcome:
+            if tx.get(_NS, _MANIFEST_SHA_KEY) != info.sha256:
+                # An update was applied since this activation began: everything it would
+                # release must come from one manifest, so the service asks again.
+                raise RequestRefusedError(
+                    "manifest_changed", "the manifest was updated meanwhile; retry", status=503
+                )
             namespace = _instance_namespace(service)
             known = tx.get(namespace, instance) is not None
             if not known and spec.max_instances is not None:
@@ -833,6 +843,269 @@ class Coordinator:
         outcome = store.transact(body)
         _logger.info("activated %s/%s (simulated=%s)", service, instance, evidence.simulated)
         return outcome
+
+    # -- governance: manifest updates ---------------------------------------------------------
+
+    @staticmethod
+    def _threshold(manifest: Manifest) -> int:
+        return manifest.governance.update_threshold if manifest.governance is not None else 1
+
+    def _status_of(self, pending: Mapping[str, Any], threshold: int) -> UpdateStatus:
+        return UpdateStatus(
+            id=str(pending["id"]),
+            manifest_sha256=bytes.fromhex(str(pending["sha256"])),
+            proposer=str(pending["proposer"]),
+            approvals=tuple(str(user) for user in pending["approvals"]),
+            threshold=threshold,
+        )
+
+    def pending_update(self) -> UpdateStatus | None:
+        """The pending manifest update, if any.
+
+        Raises:
+            RequestRefusedError: ``no_manifest`` (409), ``recovery_mode`` (503).
+        """
+        store = self._require_store()
+        info = self._current_manifest()
+        raw = store.get(_NS, _PENDING_UPDATE_KEY)
+        if raw is None:
+            return None
+        return self._status_of(json.loads(raw), self._threshold(info.manifest))
+
+    def propose_update(self, user: str, document: bytes) -> UpdateStatus:
+        """Propose a new manifest as ``user`` (role ``manifest``/``update``); the proposal
+        counts as the proposer's approval, so it applies at once when the threshold is 1.
+
+        Raises:
+            RequestRefusedError: ``permission_denied`` (403), ``update_pending`` and
+                ``manifest_unchanged`` (409), ``no_manifest``, ``recovery_mode``.
+            ManifestValidationError: the new manifest is invalid.
+        """
+        try:
+            return self._propose_update(user, document)
+        except SealpodError as exc:
+            self._audit_refusal({"type": "update_refused", "user": user}, exc)
+            raise
+
+    def _propose_update(self, user: str, document: bytes) -> UpdateStatus:
+        store = self._require_store()
+        info = self._current_manifest()
+        self._authorize(info.manifest, user, "manifest", "", "update")
+        manifest = validate_manifest(parse_manifest_document(document))
+        digest = manifest_digest(manifest)
+        if digest == info.sha256:
+            raise RequestRefusedError(
+                "manifest_unchanged", "the proposal is the current manifest", status=409
+            )
+        threshold = self._threshold(info.manifest)
+        pending = {
+            "id": secrets.token_hex(16),
+            "canonical": canonical_json(manifest).decode("utf-8"),
+            "sha256": digest.hex(),
+            "proposer": user,
+            "approvals": [user],
+            "proposed_at": self._now_datetime().isoformat(),
+        }
+        now = self._now_datetime()
+
+        def body(
+            tx: Transaction, applied: list[tuple[ManifestInfo, CoordinatorCA]]
+        ) -> UpdateStatus:
+            if tx.get(_NS, _PENDING_UPDATE_KEY) is not None:
+                raise RequestRefusedError(
+                    "update_pending", "another update is pending (cancel it first)", status=409
+                )
+            AuditLog.append(
+                tx,
+                {
+                    "type": "update_proposed",
+                    "user": user,
+                    "id": pending["id"],
+                    "sha256": digest.hex(),
+                },
+                now=now,
+            )
+            return self._approved(tx, info, pending, threshold, manifest, now, applied)
+
+        return self._commit_update(store, body)
+
+    def approve_update(self, user: str, update_id: str) -> UpdateStatus:
+        """Approve the pending update as ``user``; applies it when the threshold is met.
+
+        Raises:
+            RequestRefusedError: ``no_such_update`` (404), ``permission_denied`` (403),
+                ``already_approved`` (409), ``no_manifest``, ``recovery_mode``.
+        """
+        try:
+            return self._approve_update(user, update_id)
+        except SealpodError as exc:
+            self._audit_refusal({"type": "update_refused", "user": user, "id": update_id}, exc)
+            raise
+
+    def _approve_update(self, user: str, update_id: str) -> UpdateStatus:
+        store = self._require_store()
+        info = self._current_manifest()
+        self._authorize(info.manifest, user, "manifest", "", "update")
+        threshold = self._threshold(info.manifest)
+        now = self._now_datetime()
+
+        def body(
+            tx: Transaction, applied: list[tuple[ManifestInfo, CoordinatorCA]]
+        ) -> UpdateStatus:
+            pending = self._pending(tx, update_id)
+            if user in pending["approvals"]:
+                raise RequestRefusedError(
+                    "already_approved", "you approved this update already", status=409
+                )
+            pending["approvals"].append(user)
+            AuditLog.append(tx, {"type": "update_approved", "user": user, "id": update_id}, now=now)
+            manifest = validate_manifest(json.loads(pending["canonical"]))
+            return self._approved(tx, info, pending, threshold, manifest, now, applied)
+
+        return self._commit_update(store, body)
+
+    def cancel_update(self, user: str, update_id: str) -> None:
+        """Withdraw the pending update (any user with role ``manifest``/``update``).
+
+        Raises:
+            RequestRefusedError: ``no_such_update`` (404), ``permission_denied`` (403).
+        """
+        try:
+            store = self._require_store()
+            info = self._current_manifest()
+            self._authorize(info.manifest, user, "manifest", "", "update")
+            now = self._now_datetime()
+
+            def body(tx: Transaction) -> None:
+                self._pending(tx, update_id)
+                tx.delete(_NS, _PENDING_UPDATE_KEY)
+                AuditLog.append(
+                    tx, {"type": "update_cancelled", "user": user, "id": update_id}, now=now
+                )
+
+            store.transact(body)
+        except SealpodError as exc:
+            self._audit_refusal({"type": "update_refused", "user": user, "id": update_id}, exc)
+            raise
+
+    @staticmethod
+    def _pending(tx: Transaction, update_id: str) -> dict[str, Any]:
+        raw = tx.get(_NS, _PENDING_UPDATE_KEY)
+        pending: dict[str, Any] | None = None if raw is None else json.loads(raw)
+        if pending is None or pending.get("id") != update_id:
+            raise RequestRefusedError("no_such_update", "no pending update has this id", status=404)
+        return pending
+
+    def _commit_update(
+        self,
+        store: SealedStateStore,
+        body: Callable[[Transaction, list[tuple[ManifestInfo, CoordinatorCA]]], UpdateStatus],
+    ) -> UpdateStatus:
+        # ``body`` appends the new (manifest, CA) when it applies the update; they replace the
+        # served ones only once the transaction committed.
+        applied: list[tuple[ManifestInfo, CoordinatorCA]] = []
+
+        def wrapped(tx: Transaction) -> UpdateStatus:
+            applied.clear()
+            return body(tx, applied)
+
+        status = store.transact(wrapped)
+        if applied:
+            info, ca = applied[-1]
+            with self._lock:
+                self._manifest, self._ca = info, ca
+            _logger.info("manifest updated to %s", info.sha256.hex())
+        return status
+
+    def _approved(
+        self,
+        tx: Transaction,
+        current: ManifestInfo,
+        pending: dict[str, Any],
+        threshold: int,
+        manifest: Manifest,
+        now: datetime.datetime,
+        applied: list[tuple[ManifestInfo, CoordinatorCA]],
+    ) -> UpdateStatus:
+        status = self._status_of(pending, threshold)
+        if len(pending["approvals"]) < threshold:
+            tx.put(_NS, _PENDING_UPDATE_KEY, json.dumps(pending, sort_keys=True).encode())
+            return status
+        info, ca, shares = self._apply_update(tx, current, manifest, pending, now)
+        applied.append((info, ca))
+        return replace(status, applied=True, recovery_shares=shares)
+
+    def _apply_update(
+        self,
+        tx: Transaction,
+        current: ManifestInfo,
+        manifest: Manifest,
+        pending: Mapping[str, Any],
+        now: datetime.datetime,
+    ) -> tuple[ManifestInfo, CoordinatorCA, dict[str, bytes]]:
+        if tx.get(_NS, _MANIFEST_SHA_KEY) != current.sha256:
+            raise RequestRefusedError(
+                "manifest_changed", "the manifest changed meanwhile; retry", status=503
+            )
+        raw_ca = tx.get(_NS, _CA_KEY)
+        if raw_ca is None:  # pragma: no cover - written on first start
+            raise VerificationError("pki_state_malformed", "the coordinator CA is missing")
+        ca = CoordinatorCA.from_bytes(raw_ca).rotate_mesh(now=now)
+        canonical = canonical_json(manifest)
+        digest = manifest_digest(manifest)
+        signature = self._sign(ca, canonical)
+        changed = changed_secrets(current.manifest, manifest)
+        forget_secrets(tx, changed, sorted(current.manifest.services))
+        tx.put(_NS, _CA_KEY, ca.to_bytes())
+        tx.put(_NS, _MANIFEST_KEY, canonical)
+        tx.put(_NS, _MANIFEST_SIGNATURE_KEY, signature)
+        tx.put(_NS, _MANIFEST_SHA_KEY, digest)
+        tx.delete(_NS, _PENDING_UPDATE_KEY)
+        generated = SecretResolver(
+            tx, manifest, ca, now=now, simulated=self.simulated
+        ).generate_shared()
+        shares: dict[str, bytes] = {}
+        if manifest.recovery is not None and manifest.recovery != current.manifest.recovery:
+            shares = self._split_recovery(tx, manifest)
+        AuditLog.append(
+            tx,
+            {
+                "type": "manifest_updated",
+                "id": pending["id"],
+                "sha256": digest.hex(),
+                "previous_sha256": current.sha256.hex(),
+                "approvals": list(pending["approvals"]),
+                "mesh_generation": ca.generation,
+                "secrets_reset": sorted(changed),
+                "secrets_generated": sorted(generated),
+                "recovery_keys": sorted(shares),
+            },
+            now=now,
+        )
+        info = ManifestInfo(
+            manifest=manifest, canonical=canonical, sha256=digest, signature=signature
+        )
+        return info, ca, shares
+
+    @staticmethod
+    def _sign(ca: CoordinatorCA, canonical: bytes) -> bytes:
+        root_key = ca.root.private_key
+        if not isinstance(root_key, ec.EllipticCurvePrivateKey):  # pragma: no cover
+            raise ConfigError("the coordinator root key is not an ECDSA key")
+        return root_key.sign(canonical, ec.ECDSA(hashes.SHA384()))
+
+    @staticmethod
+    def _split_recovery(tx: Transaction, manifest: Manifest) -> dict[str, bytes]:
+        if manifest.recovery is None:
+            return {}
+        named = [
+            (name, serialization.load_pem_public_key(pem.encode()))
+            for name, pem in manifest.recovery.keys.items()
+        ]
+        made: list[RecoveryShare] = tx.set_recovery_keys(
+            [cast(Any, key) for _, key in named], manifest.recovery.threshold
+        )
+        return {name: share.encrypted_share for (name, _), share in zip(named, made, strict=True)}
 
     # -- users and user-defined secrets ------------------------------------------------------
 
