@@ -19,6 +19,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -308,7 +309,20 @@ def _copy_blob(layer: Layer, dest: Path, *, decompress: bool) -> tuple[str, int]
         else:
             source = io.BufferedReader(outer, _CHUNK)
         written = _HashingWriter(out)
-        shutil.copyfileobj(source, written, _CHUNK)
+        try:
+            shutil.copyfileobj(source, written, _CHUNK)
+        except (OSError, EOFError, zlib.error) as exc:
+            # A tampered compressed blob usually fails to decompress before its digest is
+            # known; finish hashing it to say which it is.
+            temp.unlink(missing_ok=True)
+            outer.drain()
+            if layer.digest is not None and outer.digest() != layer.digest:
+                raise VerificationError(
+                    "blob_digest_mismatch", f"{layer.path}: blob does not match its digest"
+                ) from exc
+            if isinstance(exc, EOFError | zlib.error | gzip.BadGzipFile):
+                raise VerificationError("malformed_layer", f"{layer.path}: {exc}") from exc
+            raise
         outer.drain()
     try:
         if layer.digest is not None and outer.digest() != layer.digest:
@@ -471,7 +485,7 @@ def write_docker_archive(
             config_name = f"blobs/sha256/{hashlib.sha256(config_bytes).hexdigest()}"
             layer_names = [f"blobs/sha256/{parse_digest(d, 'layer')[1]}" for d, _ in stored]
             manifest = [{"Config": config_name, "RepoTags": list(repo_tags), "Layers": layer_names}]
-            partial = dest.with_name(dest.name + ".part")
+            partial = temp / "archive.tar"
             with tarfile.open(partial, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 _tar_add_dir(tar, "blobs")
                 _tar_add_dir(tar, "blobs/sha256")
