@@ -99,14 +99,23 @@ def serve(
     server = CoordinatorServer.build(
         settings, host=host, port=port, server_names_extra=server_names
     )
-    root = server.coordinator.ca.root_certificate
     status = server.coordinator.status()
     click.echo(
         f"sealpod coordinator on https://{listen} (state {status['state']}, "
         f"simulated: {str(status['simulated']).lower()})",
         err=True,
     )
-    click.echo(f"root certificate SHA-256: {root.fingerprint(hashes.SHA256()).hex()}", err=True)
+    recovery = status.get("recovery")
+    if recovery is not None:
+        fingerprint = server.credentials.certificate.fingerprint(hashes.SHA256()).hex()
+        click.echo(
+            f"RECOVERY: the sealed state needs {recovery['threshold']} recovery share(s); "
+            f"ephemeral TLS certificate SHA-256: {fingerprint}",
+            err=True,
+        )
+    else:
+        root = server.coordinator.ca.root_certificate
+        click.echo(f"root certificate SHA-256: {root.fingerprint(hashes.SHA256()).hex()}", err=True)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the previous handler
     # installed: make that a clean exit (status 0) rather than death by signal.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)

@@ -21,6 +21,7 @@ from sealpod.coordinator.client import (
     pinned_client,
     propose_update,
     set_secret,
+    submit_recovery_share,
     verify_coordinator,
 )
 from sealpod.coordinator.errors import RequestRefusedError
@@ -60,5 +61,6 @@ __all__ = [
     "pinned_client",
     "propose_update",
     "set_secret",
+    "submit_recovery_share",
     "verify_coordinator",
 ]

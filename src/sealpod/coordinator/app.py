@@ -96,6 +96,10 @@ class StatusResponse(_Model):
     version: str
     tee: str
     manifest_sha256: str | None
+    recovery: dict[str, Any] | None = Field(
+        default=None,
+        description="in recovery: threshold, shares received, recovery key fingerprints",
+    )
 
 
 class QuoteResponse(_Model):
@@ -108,6 +112,20 @@ class QuoteResponse(_Model):
         description="dcap-qvl QuoteCollateralV3 JSON form (null: fetch it from a PCCS)"
     )
     simulated: bool
+
+
+class RecoverRequest(_Model):
+    """``POST /api/v1/recover``: one decrypted recovery share."""
+
+    share: Annotated[str, Field(max_length=1024, description="base64 of the decrypted share")]
+
+
+class RecoverResponse(_Model):
+    """Progress of a recovery."""
+
+    threshold: int
+    received: int
+    recovered: bool
 
 
 class ManifestSetResponse(_Model):
@@ -371,6 +389,14 @@ def create_app(
     @app.get("/api/v1/status", response_model=StatusResponse)
     def status() -> StatusResponse:
         return StatusResponse.model_validate(core.status())
+
+    @app.post("/api/v1/recover", response_model=RecoverResponse, responses=_ERRORS)
+    def recover(body: Annotated[RecoverRequest, Body()]) -> RecoverResponse:
+        try:
+            share = base64.b64decode(body.share, validate=True)
+        except binascii.Error as exc:
+            raise RequestRefusedError("invalid_share", "the share must be base64") from exc
+        return RecoverResponse.model_validate(core.submit_recovery_share(share))
 
     @app.get("/api/v1/quote", response_model=QuoteResponse, responses=_ERRORS)
     def quote(

@@ -57,6 +57,7 @@ __all__ = [
     "pinned_client",
     "propose_update",
     "set_secret",
+    "submit_recovery_share",
     "verify_coordinator",
 ]
 
@@ -598,6 +599,31 @@ def cancel_update(
         "cancel", url, root_pem, update_id, user=user, key=key, clock=clock, timeout=timeout
     )
     _raise_for_error(response)
+
+
+def submit_recovery_share(
+    url: str, pinned_pem: bytes, share: bytes, *, timeout: float = _DEFAULT_TIMEOUT
+) -> dict[str, Any]:
+    """Send one *decrypted* recovery share to a coordinator in recovery.
+
+    ``pinned_pem`` must come from :func:`verify_coordinator` run against the coordinator in
+    recovery (its quote then binds the ephemeral TLS certificate): never send a share to a
+    coordinator you have not attested. Returns ``{"threshold", "received", "recovered"}``.
+
+    Raises:
+        NetworkError: the coordinator cannot be reached.
+        VerificationError: the shares do not rebuild the state's key.
+        RequestRefusedError: ``not_in_recovery``, ``duplicate_share``...
+    """
+    try:
+        with pinned_client(url, pinned_pem, timeout=timeout) as client:
+            return _json(
+                client.post(
+                    "/api/v1/recover", json={"share": base64.b64encode(share).decode("ascii")}
+                )
+            )
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
 
 
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:

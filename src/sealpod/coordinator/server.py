@@ -27,7 +27,13 @@ from sealpod.coordinator.settings import CoordinatorSettings
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
 from sealpod.pki import CertifiedKey, certificates_to_pem
 
-__all__ = ["CoordinatorServer", "parse_listen", "server_names", "server_ssl_context"]
+__all__ = [
+    "CoordinatorServer",
+    "load_credentials",
+    "parse_listen",
+    "server_names",
+    "server_ssl_context",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -84,6 +90,16 @@ def server_ssl_context(credentials: CertifiedKey) -> ssl.SSLContext:
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_credentials(context, credentials)
+    return context
+
+
+def load_credentials(context: ssl.SSLContext, credentials: CertifiedKey) -> None:
+    """(Re)load the certificate and key of ``context``; later handshakes use them.
+
+    Raises:
+        EnvironmentUnavailableError: the platform has no ``memfd_create``.
+    """
     pem = certificates_to_pem((credentials.certificate, *credentials.chain))
     key = credentials.private_key.private_bytes(
         serialization.Encoding.PEM,
@@ -102,7 +118,6 @@ def server_ssl_context(credentials: CertifiedKey) -> ssl.SSLContext:
         context.load_cert_chain(f"/proc/self/fd/{descriptor}")
     finally:
         os.close(descriptor)
-    return context
 
 
 @dataclass
@@ -126,16 +141,29 @@ class CoordinatorServer:
     ) -> CoordinatorServer:
         """Open the coordinator, issue its TLS certificate and configure uvicorn.
 
+        In recovery the TLS certificate is ephemeral and self-signed (the coordinator's quote
+        binds it); once the state is recovered the server switches to a certificate of the root.
+
         Raises:
             ConfigError: bad settings or server names.
             EnvironmentUnavailableError: the TEE or the database is unavailable.
             VerificationError: the sealed state was tampered with.
-            RequestRefusedError: the coordinator is in recovery (no root to issue from).
         """
         core = coordinator if coordinator is not None else Coordinator.open(settings)
         dns_names, ips = server_names(host, server_names_extra)
         credentials = core.issue_server_certificate(dns_names=dns_names, ip_addresses=ips)
         context = server_ssl_context(credentials)
+        server_ref: list[CoordinatorServer] = []
+
+        def switch_to_root() -> None:
+            # Recovered: from now on serve a certificate of the (unsealed) root again.
+            fresh = core.issue_server_certificate(dns_names=dns_names, ip_addresses=ips)
+            load_credentials(context, fresh)
+            if server_ref:
+                server_ref[0].credentials = fresh
+            _logger.warning("TLS now uses a certificate of the recovered coordinator root")
+
+        core.on_unsealed(switch_to_root)
 
         def factory(
             _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
@@ -152,11 +180,17 @@ class CoordinatorServer:
             access_log=False,
             server_header=False,
         )
-        return cls(coordinator=core, server=uvicorn.Server(config), credentials=credentials)
+        built = cls(coordinator=core, server=uvicorn.Server(config), credentials=credentials)
+        server_ref.append(built)
+        return built
 
     @property
     def root_pem(self) -> bytes:
-        """The coordinator root certificate (PEM)."""
+        """The coordinator root certificate (PEM).
+
+        Raises:
+            RequestRefusedError: ``recovery_mode`` while the state is sealed.
+        """
         return self.coordinator.ca.root_certificate.public_bytes(serialization.Encoding.PEM)
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import base64
 import datetime
 import enum
+import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -40,6 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
 from sealpod import __version__
@@ -96,6 +99,7 @@ from sealpod.store import (
     StoreSealedError,
     Transaction,
     open_store,
+    recover_store,
 )
 from sealpod.tee import (
     SimulatedPlatform,
@@ -328,11 +332,16 @@ class Coordinator:
         store: SealedStateStore | None,
         *,
         sealed_error: StoreSealedError | None = None,
+        sealing_key: bytes | None = None,
     ) -> None:
         self._settings = settings
         self._backend = backend
         self._store = store
         self._sealed_error = sealed_error
+        self._sealing_key = sealing_key
+        self._recovery_shares: list[bytes] = []
+        self._recovery_credentials: CertifiedKey | None = None
+        self._unsealed_callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._nonces = NonceRegistry(ttl=settings.nonce_ttl, capacity=settings.max_pending_nonces)
         self._ca: CoordinatorCA | None = None
@@ -381,8 +390,8 @@ class Coordinator:
             store = open_store(settings.state_url, sealing_key)
         except StoreSealedError as exc:
             _logger.error("the sealed state cannot be unsealed; entering recovery: %s", exc)
-            return cls(settings, backend, None, sealed_error=exc)
-        return cls(settings, backend, store)
+            return cls(settings, backend, None, sealed_error=exc, sealing_key=sealing_key)
+        return cls(settings, backend, store, sealing_key=sealing_key)
 
     def _load_or_initialise(self, store: SealedStateStore) -> None:
         now = self._now_datetime()
@@ -490,6 +499,7 @@ class Coordinator:
             "version": __version__,
             "tee": self._settings.tee,
             "manifest_sha256": manifest.sha256.hex() if manifest else None,
+            "recovery": self.recovery_status(),
         }
 
     # -- the coordinator's own evidence -----------------------------------------------------
@@ -506,8 +516,19 @@ class Coordinator:
                 "invalid_nonce",
                 f"the nonce must be {MIN_NONCE_BYTES}..{MAX_NONCE_BYTES} bytes",
             )
-        ca = self.ca
-        root = ca.root_certificate
+        with self._lock:
+            ca, recovery = self._ca, self._recovery_credentials
+        if ca is not None:
+            root = ca.root_certificate
+            chain: tuple[x509.Certificate, ...] = (root, *ca.trust_bundle())
+        elif recovery is not None:
+            # Sealed: bind the ephemeral TLS certificate instead, for the share holders.
+            root = recovery.certificate
+            chain = (root,)
+        else:
+            raise RequestRefusedError(
+                "recovery_mode", "the coordinator is in recovery mode", status=503
+            )
         quote = self._backend.quote(
             coordinator_report_data(root.public_bytes(serialization.Encoding.DER), nonce)
         )
@@ -516,7 +537,7 @@ class Coordinator:
             collateral = self._backend.platform.collateral()
         return CoordinatorEvidence(
             root_certificate=root,
-            certificate_chain=(root, *ca.trust_bundle()),
+            certificate_chain=chain,
             quote=quote,
             collateral=collateral,
             simulated=self.simulated,
@@ -531,12 +552,17 @@ class Coordinator:
     ) -> CertifiedKey:
         """A TLS server certificate issued directly by the root (clients pin the root).
 
+        In recovery the root is sealed away: the certificate is then an ephemeral self-signed
+        one, which the coordinator's quote binds instead of the root (so share holders can
+        attest the coordinator before sending their shares).
+
         Raises:
-            RequestRefusedError: ``recovery_mode`` while the state is sealed.
             ConfigError: a bad DNS name or IP address.
         """
-        ca = self.ca
         common_name = (list(dns_names) + list(ip_addresses) + [self._settings.name])[0][:64]
+        if self._ca is None:
+            return self._recovery_certificate(common_name, dns_names, ip_addresses)
+        ca = self._ca
         return ca.issue_secret_cert(
             key_type="ecdsa",
             key_size=256,
@@ -549,6 +575,112 @@ class Coordinator:
             simulated=ca.simulated,
             now=self._now_datetime(),
         )
+
+    def _recovery_certificate(
+        self, common_name: str, dns_names: Sequence[str], ip_addresses: Sequence[str]
+    ) -> CertifiedKey:
+        now = self._now_datetime()
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sealpod"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "RECOVERY"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+        try:
+            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        except ValueError as exc:
+            raise ConfigError(f"invalid IP address: {exc}") from exc
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
+        certificate = builder.sign(key, hashes.SHA256())
+        credentials = CertifiedKey(certificate=certificate, private_key=key)
+        with self._lock:
+            self._recovery_credentials = credentials
+        return credentials
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def on_unsealed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the state has been recovered (e.g. to switch TLS to the root)."""
+        self._unsealed_callbacks.append(callback)
+
+    def recovery_status(self) -> dict[str, Any] | None:
+        """``{"threshold", "received", "recovery_keys"}`` in recovery, else ``None``."""
+        with self._lock:
+            error = self._sealed_error
+            received = len(self._recovery_shares)
+        if error is None:
+            return None
+        return {
+            "threshold": error.threshold,
+            "received": received,
+            "recovery_keys": list(error.recovery_keys),
+        }
+
+    def submit_recovery_share(self, share: bytes) -> dict[str, Any]:
+        """Take one decrypted recovery share; with ``threshold`` of them, unseal the state.
+
+        Returns ``{"threshold", "received", "recovered"}``.
+
+        Raises:
+            RequestRefusedError: ``not_in_recovery`` (409), ``no_recovery_keys`` (409: the
+                state is lost), ``duplicate_share`` (409).
+            VerificationError: the shares do not rebuild the data key
+                (``recovery_share_malformed``, ``recovery_share_foreign``,
+                ``recovery_shares_invalid``, ...); the shares received so far are dropped.
+        """
+        with self._lock:
+            error = self._sealed_error
+            if error is None or self._store is not None:
+                raise RequestRefusedError(
+                    "not_in_recovery", "the coordinator is not in recovery", status=409
+                )
+            if error.threshold < 1:
+                raise RequestRefusedError(
+                    "no_recovery_keys", "no recovery keys were configured", status=409
+                )
+            if any(hmac.compare_digest(share, known) for known in self._recovery_shares):
+                raise RequestRefusedError("duplicate_share", "share already received", status=409)
+            self._recovery_shares.append(bytes(share))
+            shares = list(self._recovery_shares)
+            if len(shares) < error.threshold:
+                return {"threshold": error.threshold, "received": len(shares), "recovered": False}
+            self._recovery_shares = []
+        if self._sealing_key is None:
+            raise RequestRefusedError("no_sealing_key", "this TEE has no sealing key", status=409)
+        try:
+            store = recover_store(self._settings.state_url, self._sealing_key, shares)
+        except VerificationError:
+            _logger.warning("recovery with %d shares failed", len(shares))
+            raise
+        self._load_or_initialise(store)
+        with self._lock:
+            self._store = store
+            self._sealed_error = None
+        now = self._now_datetime()
+        store.transact(
+            lambda tx: AuditLog.append(
+                tx, {"type": "state_recovered", "shares": len(shares)}, now=now
+            )
+        )
+        _logger.warning("sealed state recovered with %d shares", len(shares))
+        for callback in self._unsealed_callbacks:
+            callback()
+        return {"threshold": error.threshold, "received": len(shares), "recovered": True}
 
     # -- manifest ---------------------------------------------------------------------------
 
