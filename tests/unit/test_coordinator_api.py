@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from sealpod.coordinator import CoordinatorSettings, create_app
+from sealpod.errors import VerificationError
 from sealpod.store import verify_audit_entries
 from sealpod.store.audit import AuditEntry, AuditHead
 from sealpod.tee import SimulatedPlatform
@@ -206,3 +208,43 @@ def test_state_sealed_to_another_platform_means_recovery(
         _error(second.get("/api/v1/quote", params={"nonce": "00" * 16}), 503, "recovery_mode")
         _error(second.get("/api/v1/manifest"), 503, "recovery_mode")
         _error(second.post("/api/v1/activation/nonce"), 503, "recovery_mode")
+
+
+def _populated_state(platform: SimulatedPlatform, state: Path) -> None:
+    with TestClient(create_app(_settings(platform, state))) as client:
+        assert client.post("/api/v1/manifest", json=MANIFEST).status_code == 200
+
+
+def test_tampered_sealed_state_is_refused_at_start(
+    platform: SimulatedPlatform, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    _populated_state(platform, state)
+    with sqlite3.connect(state) as db:
+        (blob,) = db.execute(
+            "SELECT blob FROM sealpod_records WHERE namespace = 'coordinator' AND key = 'manifest'"
+        ).fetchone()
+        flipped = bytes(blob[:-1]) + bytes([blob[-1] ^ 1])
+        db.execute(
+            "UPDATE sealpod_records SET blob = ? WHERE namespace = 'coordinator' "
+            "AND key = 'manifest'",
+            (flipped,),
+        )
+    with pytest.raises(VerificationError) as caught:
+        create_app(_settings(platform, state))
+    assert caught.value.reason in ("record_authentication_failed", "state_digest_mismatch")
+
+
+def test_truncated_audit_log_is_refused_at_start(
+    platform: SimulatedPlatform, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.db"
+    _populated_state(platform, state)
+    with sqlite3.connect(state) as db:
+        db.execute(
+            "DELETE FROM sealpod_records WHERE namespace = 'audit' AND key = "
+            "(SELECT MAX(key) FROM sealpod_records WHERE namespace = 'audit')"
+        )
+    with pytest.raises(VerificationError) as caught:
+        create_app(_settings(platform, state))
+    assert caught.value.reason == "state_digest_mismatch"
