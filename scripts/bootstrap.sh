@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-dev gcc libfuse3-dev fuse3 bubblewrap debootstrap postgresql gocryptfs sqlite3)
+APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 bubblewrap busybox-static
+  debootstrap postgresql gocryptfs sqlite3 openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
