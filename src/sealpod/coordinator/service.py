@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -124,6 +124,7 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _NS = "coordinator"
 _CA_KEY = "ca"
@@ -343,6 +344,7 @@ class Coordinator:
         self._recovery_credentials: CertifiedKey | None = None
         self._unsealed_callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._nonces = NonceRegistry(ttl=settings.nonce_ttl, capacity=settings.max_pending_nonces)
         self._ca: CoordinatorCA | None = None
         self._metrics = CoordinatorMetrics()
@@ -415,7 +417,7 @@ class Coordinator:
             )
             return ca
 
-        self._ca = store.transact(body)
+        self._ca = self._transact(store, body)
         with store.snapshot() as view:
             canonical = view.get(_NS, _MANIFEST_KEY)
             signature = view.get(_NS, _MANIFEST_SIGNATURE_KEY)
@@ -475,6 +477,14 @@ class Coordinator:
                 "recovery_mode", "the coordinator is in recovery mode", status=503
             )
         return self._ca
+
+    def _transact(self, store: SealedStateStore, body: Callable[[Transaction], _T]) -> _T:
+        # One writer at a time inside this process: waiting on a Python lock is fair and
+        # immediate, whereas SQLite's busy handler backs off by sleeping (tens of ms), which
+        # collapses throughput when many activations arrive together. Other processes
+        # (replicas) still serialise through the database.
+        with self._write_lock:
+            return store.transact(body)
 
     def _require_store(self) -> SealedStateStore:
         if self._store is None:
@@ -672,10 +682,11 @@ class Coordinator:
             self._store = store
             self._sealed_error = None
         now = self._now_datetime()
-        store.transact(
+        self._transact(
+            store,
             lambda tx: AuditLog.append(
                 tx, {"type": "state_recovered", "shares": len(shares)}, now=now
-            )
+            ),
         )
         _logger.warning("sealed state recovered with %d shares", len(shares))
         for callback in self._unsealed_callbacks:
@@ -759,7 +770,7 @@ class Coordinator:
             )
             return shares
 
-        shares = store.transact(body)
+        shares = self._transact(store, body)
         info = ManifestInfo(
             manifest=manifest, canonical=canonical, sha256=digest, signature=signature
         )
@@ -881,6 +892,18 @@ class Coordinator:
         placeholder = f"sealpod-activation-private-key-{secrets.token_hex(16)}"
         validity = datetime.timedelta(days=self._settings.leaf_validity_days)
 
+        # Signed outside the write transaction (it needs nothing from the store); a leaf of a
+        # refused activation is simply never sent.
+        leaf = ca.issue_leaf(
+            csr,
+            service=service,
+            instance=instance,
+            simulated=evidence.simulated,
+            validity=validity,
+            now=now,
+        )
+        chain = (leaf, ca.mesh.certificate)
+
         def body(tx: Transaction) -> ActivationOutcome:
             if tx.get(_NS, _MANIFEST_SHA_KEY) != info.sha256:
                 # An update was applied since this activation began: everything it would
@@ -914,15 +937,6 @@ class Coordinator:
                         "secret_not_set", f"secret {name} has not been set yet", status=409
                     )
                 values[name] = value
-            leaf = ca.issue_leaf(
-                csr,
-                service=service,
-                instance=instance,
-                simulated=evidence.simulated,
-                validity=validity,
-                now=now,
-            )
-            chain = ca.leaf_chain(leaf)
             context = RenderContext(
                 instance=instance,
                 cert_chain=CertificateChain(chain),
@@ -972,7 +986,7 @@ class Coordinator:
                 evidence=evidence,
             )
 
-        outcome = store.transact(body)
+        outcome = self._transact(store, body)
         _logger.info("activated %s/%s (simulated=%s)", service, instance, evidence.simulated)
         return outcome
 
@@ -1115,7 +1129,7 @@ class Coordinator:
                     tx, {"type": "update_cancelled", "user": user, "id": update_id}, now=now
                 )
 
-            store.transact(body)
+            self._transact(store, body)
         except SealpodError as exc:
             self._audit_refusal({"type": "update_refused", "user": user, "id": update_id}, exc)
             raise
@@ -1141,7 +1155,7 @@ class Coordinator:
             applied.clear()
             return body(tx, applied)
 
-        status = store.transact(wrapped)
+        status = self._transact(store, wrapped)
         if applied:
             info, ca = applied[-1]
             with self._lock:
@@ -1323,7 +1337,7 @@ class Coordinator:
             tx.put(SHARED_NAMESPACE, name, record)
             AuditLog.append(tx, {"type": "secret_set", "user": user, "secret": name}, now=now)
 
-        store.transact(body)
+        self._transact(store, body)
         _logger.info("user %s set secret %s", user, name)
 
     def get_secret(self, user: str, name: str) -> SecretRelease:
@@ -1360,7 +1374,7 @@ class Coordinator:
                 AuditLog.append(tx, {"type": "secret_read", "user": user, "secret": name}, now=now)
             return raw
 
-        raw = store.transact(body)
+        raw = self._transact(store, body)
         if raw is None:
             raise RequestRefusedError("secret_not_set", "the secret has no value yet", status=404)
         value, certified = decode_secret(name, raw)
@@ -1392,7 +1406,7 @@ class Coordinator:
         entry = {**event, "reason": code, "message": str(exc)[:500]}
         now = self._now_datetime()
         try:
-            store.transact(lambda tx: AuditLog.append(tx, entry, now=now))
+            self._transact(store, lambda tx: AuditLog.append(tx, entry, now=now))
         except SealpodError as audit_exc:
             _logger.error("could not write the audit entry of a refusal: %s", audit_exc)
 
