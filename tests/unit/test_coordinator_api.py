@@ -248,3 +248,17 @@ def test_truncated_audit_log_is_refused_at_start(
     with pytest.raises(VerificationError) as caught:
         create_app(_settings(platform, state))
     assert caught.value.reason == "state_digest_mismatch"
+
+
+def test_oversized_body_is_refused_before_it_is_read(client: TestClient) -> None:
+    from sealpod.coordinator.app import MAX_BODY_BYTES
+
+    huge = b"{" + b" " * MAX_BODY_BYTES + b"}"
+    _error(client.post("/api/v1/manifest", content=huge), 413, "too_large")
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    _error(client.post("/api/v1/manifest", content=chunks()), 413, "too_large")
+    assert client.get("/api/v1/status").json()["state"] == "accepting-manifest"

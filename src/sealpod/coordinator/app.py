@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -47,7 +47,7 @@ from sealpod.manifest import ManifestValidationError
 from sealpod.pki import certificates_to_pem
 from sealpod.store import StoreConflictError
 
-__all__ = ["create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app"]
 
 _logger = logging.getLogger(__name__)
 
@@ -334,6 +334,67 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", "internal error")
 
 
+# -- request size limit ------------------------------------------------------------------------
+
+#: Largest request body accepted (a manifest may be up to 4 MiB; JSON/YAML framing adds a bit).
+MAX_BODY_BYTES = 5 << 20
+
+_Scope = MutableMapping[str, Any]
+_Message = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[_Message]]
+_Send = Callable[[_Message], Awaitable[None]]
+_ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class _BodyLimit:
+    """ASGI middleware: a request whose body exceeds ``limit`` bytes gets 413 before the app
+    buffers it (``Content-Length`` is checked first; chunked bodies are counted as they come)."""
+
+    def __init__(self, app: _ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self._limit:
+                await self._reject(scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> _Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._limit:
+                    raise _BodyTooLargeError
+            return message
+
+        async def tracking_send(message: _Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._app(scope, limited_receive, tracking_send)
+        except _BodyTooLargeError:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        response = _error(413, "too_large", f"request bodies are limited to {self._limit} bytes")
+        await response(scope, receive, send)
+
+
 # -- the app -----------------------------------------------------------------------------------
 
 
@@ -372,6 +433,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.coordinator = core
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     _install_error_handlers(app)
 
     @app.get("/healthz", response_model=HealthResponse)
