@@ -365,6 +365,34 @@ def test_oci_and_docker_archive_of_the_same_layers_extract_identically(
     assert set(tree(oci_out)) == {"app", "app/main.py", "app/link", "app/hard", "app/new.py"}
 
 
+def test_docker_archive_layer_stored_as_link_to_a_shared_layer_is_read(tmp_path: Path) -> None:
+    # Legacy `docker save` writes a layer shared by two images once and links to it.
+    config = config_json([sha(LOWER)])
+    files = {
+        "aaa/layer.tar": ("file", LOWER),
+        "bbb/layer.tar": ("sym", b"../aaa/layer.tar"),
+        f"{sha(config)[7:]}.json": ("file", config),
+        "manifest.json": (
+            "file",
+            json.dumps(
+                [{"Config": f"{sha(config)[7:]}.json", "Layers": ["bbb/layer.tar"]}]
+            ).encode(),
+        ),
+    }
+    path = tmp_path / "image.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, (kind, data) in files.items():
+            info = tarfile.TarInfo(name)
+            if kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, data.decode()
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = extract(f"docker-archive:{path}", tmp_path)
+    assert (out / "app/lib.py").read_bytes() == b"x = 1\n"
+
+
 def test_docker_archive_tag_selects_the_image(tmp_path: Path) -> None:
     archive = docker_archive(tmp_path, LOWER)
     assert open_image(f"docker-archive:{archive}:1.0").kind == "docker-archive"
@@ -562,6 +590,23 @@ def test_uncompressed_layer_whose_digest_does_not_match_is_refused(tmp_path: Pat
     with pytest.raises(VerificationError) as caught:
         verify_layers(image)
     assert caught.value.reason == "blob_digest_mismatch"
+
+
+def test_layer_that_is_not_gzip_is_refused_even_with_a_matching_digest(tmp_path: Path) -> None:
+    builder = OCIBuilder(tmp_path / "oci")
+    garbage = b"this is not a gzip stream" * 10
+    descriptor = builder.manifest([], config=config_json([sha(garbage)]))
+    manifest_path = tmp_path / "oci/blobs/sha256" / descriptor["digest"][7:]
+    manifest = json.loads(manifest_path.read_bytes())
+    manifest["layers"] = [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **builder.blob(garbage)}
+    ]
+    root = builder.index(
+        {"mediaType": descriptor["mediaType"], **builder.blob(json.dumps(manifest).encode())}
+    )
+    with pytest.raises(VerificationError) as caught:
+        verify_layers(open_image(f"oci:{root}"))
+    assert caught.value.reason == "malformed_layer"
 
 
 def test_diff_id_mismatch_is_refused(tmp_path: Path) -> None:

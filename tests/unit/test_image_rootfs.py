@@ -142,8 +142,32 @@ def test_apt_caches_and_lists_are_stripped(
     tmp_path: Path, apt_root: Path, fake_debootstrap: Path
 ) -> None:
     built = build_debian_rootfs("py", [], tmp_path / "cache", apt_root=apt_root)
-    assert list((built / "var/cache/apt").iterdir()) == []
-    assert [p.name for p in (built / "var/lib/apt/lists").iterdir()] == ["partial"]
+    left = sorted(str(p.relative_to(built)) for p in (built / "var").rglob("*"))
+    assert left == [
+        "var/cache",
+        "var/cache/apt",
+        "var/cache/apt/archives",
+        "var/lib",
+        "var/lib/apt",
+        "var/lib/apt/lists",
+        "var/lib/apt/lists/partial",
+    ]
+    assert (built / "usr/bin/python3").is_file()
+
+
+def test_leftover_of_an_interrupted_build_is_removed(
+    tmp_path: Path, apt_root: Path, fake_debootstrap: Path
+) -> None:
+    cache = tmp_path / "cache"
+    name = f"py-{rootfs_cache_key('bookworm', [])}"
+    stale = cache / "rootfs" / f".build-{name}-killed"
+    (stale / "rootfs/etc").mkdir(parents=True)
+    other = cache / "rootfs" / ".build-other-entry-x"
+    other.mkdir()
+    built = build_debian_rootfs("py", [], cache, apt_root=apt_root)
+    assert built.name == name
+    assert not stale.exists()
+    assert other.exists()  # another entry's build may be running; it is not ours to remove
 
 
 def test_concurrent_builds_share_one_debootstrap_run(

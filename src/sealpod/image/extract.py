@@ -29,12 +29,11 @@ import os
 import shutil
 import stat
 import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from sealpod.errors import ConfigError, VerificationError
 from sealpod.image._blobs import HashingReader, decompressor, parse_digest
@@ -118,6 +117,29 @@ def _layer_name(layer: Layer, index: int) -> str:
     return f"layer {index} ({layer.digest or layer.diff_id})"
 
 
+class _LayerReadError(Exception):
+    """Reading or decompressing a layer failed (as opposed to writing into dest)."""
+
+
+class _GuardedReader(io.RawIOBase):
+    """Marks every failure below it as a read failure, so writes failing stay OSErrors."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._inner.read(len(buffer))
+        except Exception as exc:  # zlib.error, EOFError, OSError; zstandard.ZstdError
+            raise _LayerReadError(str(exc) or type(exc).__name__) from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+
 @contextmanager
 def _layer_tar(layer: Layer, where: str) -> Iterator[tarfile.TarFile]:
     """The layer as a streaming tar; digests and size are checked when the block ends."""
@@ -128,16 +150,19 @@ def _layer_tar(layer: Layer, where: str) -> Iterator[tarfile.TarFile]:
         try:
             uncompressed = decompressor(io.BufferedReader(outer, _CHUNK), layer.compression)
             inner = HashingReader(uncompressed, inner_algorithm)
-            buffered = io.BufferedReader(inner, _CHUNK)
+            buffered = io.BufferedReader(_GuardedReader(cast(IO[bytes], inner)), _CHUNK)
             with tarfile.open(fileobj=buffered, mode="r|", errorlevel=2) as tar:
                 yield tar
             while buffered.read(_CHUNK):
                 pass
             outer.drain()
-        except (EOFError, tarfile.TarError, zlib.error, OSError) as exc:
-            # A tampered compressed blob usually fails to decompress first; report it as the
-            # digest mismatch it is when the digest says so.
-            outer.drain()
+        except (_LayerReadError, tarfile.TarError) as exc:
+            # A tampered compressed blob usually fails to decompress before its digest is
+            # known; finish hashing it and report the digest mismatch when that is what it is.
+            try:
+                outer.drain()
+            except OSError:
+                pass
             if layer.digest is not None and outer.digest() != layer.digest:
                 raise VerificationError(
                     "blob_digest_mismatch", f"{where}: blob does not match its digest"

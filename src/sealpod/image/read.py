@@ -299,8 +299,27 @@ def _open_docker_archive(path: Path, tag: str | None, source: str) -> Image:
         for entry_info in archive:
             members[str(PurePosixPath(entry_info.name))] = entry_info
 
+        def resolve(name: str) -> tarfile.TarInfo | None:
+            # Legacy `docker save` stores a layer shared by two images once and links the
+            # second name to it with a relative symbolic link inside the archive.
+            for _ in range(8):
+                member = members.get(name)
+                if member is None or not member.issym():
+                    return member
+                joined = PurePosixPath(name).parent / member.linkname
+                parts: list[str] = []
+                for part in joined.parts:
+                    if part == "..":
+                        if not parts:
+                            return None
+                        parts.pop()
+                    elif part not in (".", "/"):
+                        parts.append(part)
+                name = "/".join(parts)
+            return None
+
         def read_member(name: str, where: str) -> bytes:
-            member = members.get(name)
+            member = resolve(name)
             if member is None or not member.isfile():
                 raise ConfigError(f"{source}: {where} names {name!r}, which is not in the archive")
             stream = archive.extractfile(member)
@@ -347,7 +366,7 @@ def _open_docker_archive(path: Path, tag: str | None, source: str) -> Image:
         layers: list[Layer] = []
         for i, (raw_name, diff_id) in enumerate(zip(layer_names, config.diff_ids, strict=True)):
             name = _member_name(raw_name, f"manifest.json Layers[{i}]")
-            member = members.get(name)
+            member = resolve(name)
             if member is None or not member.isfile():
                 raise ConfigError(f"{source}: layer {name!r} is not in the archive")
             stream = archive.extractfile(member)

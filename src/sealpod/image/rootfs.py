@@ -38,7 +38,7 @@ from sealpod.image.write import layer_from_directory, write_docker_archive, writ
 _logger = logging.getLogger(__name__)
 
 #: Bump when the build recipe changes in a way that changes the produced tree.
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2
 
 _APT_ROOT = Path("/etc/apt")
 
@@ -216,24 +216,18 @@ def _remove_build_dir(path: Path) -> None:
 
 
 def _strip(rootfs: Path) -> None:
-    # Package caches and lists are large and not part of what the image needs at run time.
+    # Downloaded packages, package caches and lists are large and not needed at run time.
+    # Files go; the directories stay (apt expects archives/partial and lists/partial).
     for relative in ("var/cache/apt", "var/lib/apt/lists"):
         directory = rootfs / relative
         if not directory.is_dir() or directory.is_symlink():
             continue
-        for child in directory.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                if child.name == "partial":
-                    shutil.rmtree(child)
-                    child.mkdir(mode=0o700)
-                else:
-                    shutil.rmtree(child)
-            else:
-                child.unlink()
-    for relative in ("debootstrap",):
-        leftover = rootfs / relative
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover)
+        for dirpath, _dirnames, filenames in os.walk(directory):
+            for name in filenames:
+                os.unlink(os.path.join(dirpath, name))
+    leftover = rootfs / "debootstrap"
+    if leftover.is_dir() and not leftover.is_symlink():
+        shutil.rmtree(leftover)
 
 
 def build_debian_rootfs(
@@ -288,6 +282,10 @@ def build_debian_rootfs(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if final.is_dir():  # someone else built it while we waited
             return final
+        # Holding the lock, any build directory of this entry is a leftover of a killed run.
+        for stale in root.glob(f".build-{final.name}-*"):
+            _logger.info("removing %s, left by an interrupted build", stale)
+            _remove_build_dir(stale)
         build_dir = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=root))
         try:
             command = [debootstrap, f"--variant={variant}"]

@@ -123,6 +123,9 @@ def _write_layer(entries: Iterable[_Entry], work_dir: Path, compression: Compres
         digest = outer.digest()
         final = work_dir / parse_digest(digest, "layer")[1]
         os.replace(temp, final)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write a layer into {work_dir}: {exc}") from exc
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
