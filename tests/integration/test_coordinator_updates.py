@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from test_coordinator_server import (  # the loopback harness of the main coordinator tests
+    SIGNER,
     WEB_MRENCLAVE,
     Running,
     _audit,
@@ -32,15 +33,18 @@ from sealpod.coordinator import (
     fetch_manifest,
     pinned_client,
     propose_update,
+    raise_package_svn,
 )
+from sealpod.errors import VerificationError
 from sealpod.pki import verify_chain
-from sealpod.tee import SimulatedPlatform
+from sealpod.tee import EnclaveIdentity, SimulatedPlatform, SimulationBackend
 
 pytestmark = pytest.mark.integration
 
 ALICE = ec.generate_private_key(ec.SECP256R1())
 CAROL = ec.generate_private_key(ec.SECP256R1())
 BOB = ec.generate_private_key(ec.SECP256R1())
+SAM = ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> str:
@@ -53,15 +57,19 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 BASE: dict[str, Any] = {
     "version": 1,
-    "packages": {"web": {"mrenclave": [WEB_MRENCLAVE.hex()]}},
+    "packages": {
+        "web": {"mrenclave": [WEB_MRENCLAVE.hex()]},
+        "signed": {"mrsigner": SIGNER.hex(), "isv_prod_id": 9, "min_isv_svn": 1},
+    },
     "services": {
+        "sig": {"package": "signed"},
         "web": {
             "package": "web",
             "env": {
                 "DB_KEY": "{{ secrets.db_key | hex }}",
                 "KEEP": "{{ secrets.keep | hex }}",
             },
-        }
+        },
     },
     "secrets": {
         "db_key": {"type": "symmetric-key", "size": 128},
@@ -71,8 +79,12 @@ BASE: dict[str, Any] = {
         "alice": {"public_key": _pem(ALICE), "roles": ["operators"]},
         "carol": {"public_key": _pem(CAROL), "roles": ["operators"]},
         "bob": {"public_key": _pem(BOB), "roles": []},
+        "sam": {"public_key": _pem(SAM), "roles": ["svn-bumper"]},
     },
-    "roles": {"operators": {"resource": "manifest", "actions": ["update"]}},
+    "roles": {
+        "operators": {"resource": "manifest", "actions": ["update"]},
+        "svn-bumper": {"resource": "packages", "names": ["signed"], "actions": ["update"]},
+    },
     "governance": {"update_threshold": 2},
     "policy": {"allow_simulation": True},
 }
@@ -257,3 +269,35 @@ def test_activations_during_an_update_see_one_manifest_each(coordinator: Running
         kinds.append(seen[0])
     assert False in kinds and True in kinds
     _audit(coordinator)  # verifies the hash chain against the sealed head
+
+
+def _signed_backend(platform: SimulatedPlatform, isv_svn: int) -> SimulationBackend:
+    identity = EnclaveIdentity(
+        mr_enclave=bytes(32), mr_signer=SIGNER, isv_prod_id=9, isv_svn=isv_svn
+    )
+    return SimulationBackend(platform, identity)
+
+
+def test_package_svn_raise_shuts_out_old_enclave_versions(coordinator: Running) -> None:
+    url, root_pem = coordinator.url, coordinator.root_pem
+    old_version = _signed_backend(coordinator.platform, isv_svn=1)
+    activate(url, root_pem, "sig", "v1", old_version)
+
+    with pytest.raises(RequestRefusedError) as denied:
+        raise_package_svn(url, root_pem, "signed", 2, user="bob", key=BOB)
+    assert denied.value.code == "permission_denied"
+    with pytest.raises(RequestRefusedError) as lower:
+        raise_package_svn(url, root_pem, "signed", 1, user="sam", key=SAM)
+    assert (lower.value.status, lower.value.code) == (409, "svn_not_raised")
+
+    update = raise_package_svn(url, root_pem, "signed", 2, user="sam", key=SAM)
+    assert update.applied is True
+    assert fetch_manifest(url, root_pem).manifest["packages"]["signed"]["min_isv_svn"] == 2
+    with pytest.raises(VerificationError) as refused:
+        activate(url, root_pem, "sig", "v1-again", old_version)
+    assert refused.value.reason == "isv_svn_too_low"
+    activate(url, root_pem, "sig", "v2", _signed_backend(coordinator.platform, isv_svn=2))
+    raised = [e for e in _audit(coordinator) if e["type"] == "package_svn_raised"]
+    assert raised == [
+        {"type": "package_svn_raised", "user": "sam", "package": "signed", "min_isv_svn": 2}
+    ]

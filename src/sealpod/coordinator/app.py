@@ -217,6 +217,12 @@ class UpdateResponse(_Model):
     )
 
 
+class PackageSVNRequest(_Model):
+    """``POST /api/v1/packages/{name}/min-isv-svn``."""
+
+    min_isv_svn: Annotated[int, Field(ge=0, le=0xFFFF)]
+
+
 class PendingUpdateResponse(_Model):
     """``GET /api/v1/manifest/updates``."""
 
@@ -679,6 +685,28 @@ def create_app(
         user = await _user(request, await request.body())
         await run_in_threadpool(core.cancel_update, user, update_id)
         return Response(status_code=204)
+
+    @app.post(
+        "/api/v1/packages/{package}/min-isv-svn",
+        response_model=UpdateResponse,
+        description=signed_description + " Raises a package's min_isv_svn (never lowers it).",
+        responses=signed_errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PackageSVNRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def raise_package_svn(package: str, request: Request) -> UpdateResponse:
+        body = await request.body()
+        user = await _user(request, body)
+        try:
+            parsed = PackageSVNRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from exc
+        status = await run_in_threadpool(core.raise_min_isv_svn, user, package, parsed.min_isv_svn)
+        return _update(status)
 
     @app.get("/api/v1/audit", response_model=AuditResponse, responses=_ERRORS)
     def audit(

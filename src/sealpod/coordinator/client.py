@@ -56,6 +56,7 @@ __all__ = [
     "get_secret",
     "pinned_client",
     "propose_update",
+    "raise_package_svn",
     "set_secret",
     "submit_recovery_share",
     "verify_coordinator",
@@ -624,6 +625,43 @@ def submit_recovery_share(
             )
     except httpx.HTTPError as exc:
         raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+
+
+def raise_package_svn(
+    url: str,
+    root_pem: bytes,
+    package: str,
+    min_isv_svn: int,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> ManifestUpdate:
+    """Raise ``package``'s ``min_isv_svn`` as ``user`` (role ``packages``/``update``).
+
+    Raises:
+        ConfigError: a malformed package name.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: ``svn_not_raised``, ``permission_denied``, ``update_pending``...
+    """
+    if not _SECRET_NAME_RE.fullmatch(package):
+        raise ConfigError(f"invalid package name {package!r}")
+    return _update(
+        _json(
+            _signed_request(
+                url,
+                root_pem,
+                method="POST",
+                path=f"/api/v1/packages/{package}/min-isv-svn",
+                body=json.dumps({"min_isv_svn": min_isv_svn}).encode(),
+                user=user,
+                key=key,
+                clock=clock,
+                timeout=timeout,
+            )
+        )
+    )
 
 
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:

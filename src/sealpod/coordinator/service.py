@@ -1134,6 +1134,73 @@ class Coordinator:
             self._audit_refusal({"type": "update_refused", "user": user, "id": update_id}, exc)
             raise
 
+    def raise_min_isv_svn(self, user: str, package: str, min_isv_svn: int) -> UpdateStatus:
+        """Raise a package's ``min_isv_svn`` (role ``packages``/``update`` on ``package``),
+        without the M-of-N approval of a full update: it can only shut out old enclave
+        versions, never let new code in. Applied like an update (new manifest digest and
+        signature, mesh rotation), audited as ``package_svn_raised``.
+
+        Raises:
+            RequestRefusedError: ``unknown_package`` (404), ``permission_denied`` (403),
+                ``svn_not_raised`` and ``update_pending`` (409), ``no_manifest``.
+        """
+        try:
+            return self._raise_min_isv_svn(user, package, min_isv_svn)
+        except SealpodError as exc:
+            self._audit_refusal(
+                {"type": "package_update_refused", "user": user, "package": package}, exc
+            )
+            raise
+
+    def _raise_min_isv_svn(self, user: str, package: str, min_isv_svn: int) -> UpdateStatus:
+        store = self._require_store()
+        info = self._current_manifest()
+        current = info.manifest.packages.get(package)
+        if current is None:
+            raise RequestRefusedError(
+                "unknown_package", "the manifest has no such package", status=404
+            )
+        self._authorize(info.manifest, user, "packages", package, "update")
+        if not 0 <= min_isv_svn <= 0xFFFF or min_isv_svn <= (current.min_isv_svn or 0):
+            raise RequestRefusedError(
+                "svn_not_raised",
+                f"min_isv_svn can only go up (now {current.min_isv_svn or 0})",
+                status=409,
+            )
+        data = info.manifest.model_dump(mode="json")
+        data["packages"][package]["min_isv_svn"] = min_isv_svn
+        manifest = validate_manifest(data)
+        now = self._now_datetime()
+        pending = {
+            "id": secrets.token_hex(16),
+            "sha256": manifest_digest(manifest).hex(),
+            "proposer": user,
+            "approvals": [user],
+        }
+
+        def body(
+            tx: Transaction, applied: list[tuple[ManifestInfo, CoordinatorCA]]
+        ) -> UpdateStatus:
+            if tx.get(_NS, _PENDING_UPDATE_KEY) is not None:
+                raise RequestRefusedError(
+                    "update_pending",
+                    "a manifest update is pending: raise the SVN in it, or cancel it first",
+                    status=409,
+                )
+            AuditLog.append(
+                tx,
+                {
+                    "type": "package_svn_raised",
+                    "user": user,
+                    "package": package,
+                    "min_isv_svn": min_isv_svn,
+                },
+                now=now,
+            )
+            return self._approved(tx, info, pending, 1, manifest, now, applied)
+
+        return self._commit_update(store, body)
+
     @staticmethod
     def _pending(tx: Transaction, update_id: str) -> dict[str, Any]:
         raw = tx.get(_NS, _PENDING_UPDATE_KEY)
