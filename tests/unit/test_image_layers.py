@@ -443,6 +443,23 @@ def test_uncompressed_oci_layers_are_read(tmp_path: Path) -> None:
     assert (out / "app/main.py").read_bytes() == b"print('hi')\n"
 
 
+def test_zstd_layer_is_read_when_zstandard_is_installed(tmp_path: Path) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    builder = OCIBuilder(tmp_path / "oci")
+    descriptor = builder.manifest([LOWER], compress=False)
+    manifest_path = tmp_path / "oci/blobs/sha256" / descriptor["digest"][7:]
+    manifest = json.loads(manifest_path.read_bytes())
+    blob = zstandard.ZstdCompressor().compress(LOWER)
+    manifest["layers"] = [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", **builder.blob(blob)}
+    ]
+    root = builder.index(
+        {"mediaType": descriptor["mediaType"], **builder.blob(json.dumps(manifest).encode())}
+    )
+    out = extract(f"oci:{root}", tmp_path)
+    assert (out / "app/main.py").read_bytes() == b"print('hi')\n"
+
+
 def test_zstd_layer_without_zstandard_is_a_clear_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -259,6 +259,20 @@ def test_appending_a_layer_keeps_the_original_layers_and_config(tmp_path: Path) 
     assert (out / "app/run").read_bytes() == b"#!/bin/sh\n"
 
 
+def test_zstd_layers_round_trip(tmp_path: Path, rootfs: Path) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    layer = layer_from_directory(rootfs, tmp_path / "w", compression="zstd")
+    blob = layer.path.read_bytes()
+    assert sha(zstandard.ZstdDecompressor().decompressobj().decompress(blob)) == layer.diff_id
+    write_oci_layout(tmp_path / "oci", ImageConfig(), [layer])
+    image = open_image(f"oci:{tmp_path / 'oci'}")
+    assert image.layers[0].media_type == "application/vnd.oci.image.layer.v1.tar+zstd"
+    out = tmp_path / "out"
+    out.mkdir()
+    extract_layers(image, out)
+    assert (out / "usr/bin/app").read_bytes() == b"\x7fELF fake"
+
+
 def test_copying_a_tampered_layer_into_a_new_image_is_refused(tmp_path: Path) -> None:
     layer = layer_from_files({"a": b"original"}, tmp_path / "w")
     data = bytearray(layer.path.read_bytes())

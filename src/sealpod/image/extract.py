@@ -236,8 +236,13 @@ class _Tree:
     def close(self) -> None:
         os.close(self.root_fd)
 
-    def open_dir(self, parts: Parts, *, create: bool, where: str) -> int | None:
-        """A descriptor of the directory ``parts`` (created when missing if ``create``)."""
+    def open_dir(
+        self, parts: Parts, *, create: bool, where: str, entry: Parts | None = None
+    ) -> int | None:
+        """A descriptor of the directory ``parts`` (created when missing if ``create``).
+
+        ``entry`` is the layer entry this is for, named in errors.
+        """
         fd = os.dup(self.root_fd)
         try:
             for i, part in enumerate(parts):
@@ -258,11 +263,12 @@ class _Tree:
                         raise VerificationError(
                             "layer_write_through_symlink",
                             f"{where}: {_display(parts[: i + 1])} is a symbolic link; "
-                            f"refusing to write {_display(parts)} through it",
+                            f"refusing to write {_display(entry or parts)} through it",
                         ) from None
                     raise VerificationError(
                         "layer_parent_not_directory",
-                        f"{where}: {_display(parts[: i + 1])} is not a directory",
+                        f"{where}: {_display(parts[: i + 1])} is not a directory "
+                        f"(writing {_display(entry or parts)})",
                     ) from None
                 os.close(fd)
                 fd = child
@@ -292,7 +298,7 @@ class _Tree:
 
     def apply_whiteouts(self, plan: _Plan, where: str) -> None:
         for parts in plan.whiteouts:
-            parent = self.open_dir(parts[:-1], create=False, where=where)
+            parent = self.open_dir(parts[:-1], create=False, where=where, entry=parts)
             if parent is None:
                 continue
             try:
@@ -336,7 +342,7 @@ class _Tree:
             _logger.info("%s: skipping %s of tar type %r", where, _display(parts), info.type)
             self.counts.skipped.append(SkippedEntry(_display(parts), f"tar type {info.type!r}"))
             return
-        parent = self.open_dir(parts[:-1], create=True, where=where)
+        parent = self.open_dir(parts[:-1], create=True, where=where, entry=parts)
         if parent is None:  # create=True never gives None
             raise ConfigError(f"{where}: cannot create {_display(parts[:-1])}")
         leaf = parts[-1]
@@ -378,7 +384,7 @@ class _Tree:
             raise VerificationError(
                 "layer_hardlink_escape", f"{where}: hard link {_display(parts)} has a bad target"
             )
-        target_parent = self.open_dir(target[:-1], create=False, where=where)
+        target_parent = self.open_dir(target[:-1], create=False, where=where, entry=target)
         if target_parent is None:
             raise VerificationError(
                 "layer_hardlink_missing_target",
