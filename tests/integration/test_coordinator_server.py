@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import signal
 import socket
 import subprocess
@@ -527,6 +528,8 @@ def test_cli_serve_runs_https_until_terminated(tmp_path: Path, platform: Simulat
             f"sqlite:///{tmp_path}/state.db",
             "--sim-dir",
             str(platform.directory),
+            "--log-format",
+            "json",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -558,6 +561,11 @@ def test_cli_serve_runs_https_until_terminated(tmp_path: Path, platform: Simulat
     assert process.returncode == 0, stderr.decode()
     fingerprint = verified.root_certificate.fingerprint(hashes.SHA256()).hex()
     assert f"root certificate SHA-256: {fingerprint}" in stderr.decode()
+    logs = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert any(
+        entry["logger"] == "sealpod.tee.backend" and "SIMULATED" in entry["message"]
+        for entry in logs
+    )
 
 
 def test_metrics_count_activations_and_refusals(coordinator: Running) -> None:

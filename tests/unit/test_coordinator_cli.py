@@ -71,3 +71,16 @@ def test_serve_without_a_simulated_platform_is_an_environment_error(tmp_path: Pa
 def test_unknown_tee_is_a_usage_error() -> None:
     result = CliRunner().invoke(coordinator, ["serve", "--tee", "sev"])
     assert result.exit_code == 2
+
+
+def test_json_log_lines_are_json_objects() -> None:
+    import logging
+
+    from sealpod.cli.coordinator import JSONLogFormatter
+
+    record = logging.LogRecord("sealpod.x", logging.WARNING, __file__, 1, "a %s", ("b",), None)
+    document = json.loads(JSONLogFormatter().format(record))
+    assert document["level"] == "WARNING"
+    assert document["logger"] == "sealpod.x"
+    assert document["message"] == "a b"
+    assert document["time"].endswith("+00:00")

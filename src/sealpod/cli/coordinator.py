@@ -8,6 +8,8 @@ sealpod distribution, reproducible on any machine with the same release.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import signal
 import sys
@@ -80,6 +82,14 @@ def coordinator() -> None:
     show_default=True,
     help="Seconds an activation nonce stays valid [env SEALPOD_NONCE_TTL].",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    envvar="SEALPOD_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="Log lines on stderr as text or as one JSON object each [env SEALPOD_LOG_FORMAT].",
+)
 def serve(
     state_url: str | None,
     listen: str,
@@ -87,8 +97,11 @@ def serve(
     sim_dir: Path | None,
     server_names: tuple[str, ...],
     nonce_ttl: float,
+    log_format: str,
 ) -> None:
     """Serve the coordinator API over HTTPS until interrupted."""
+    if log_format == "json":
+        _use_json_logs()
     host, port = parse_listen(listen)
     settings = CoordinatorSettings(
         state_url=state_url or default_state_url(),
@@ -121,6 +134,29 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     server.run()
     click.echo("coordinator stopped", err=True)
+
+
+class JSONLogFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+def _use_json_logs() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    for handler in root.handlers:
+        handler.setFormatter(JSONLogFormatter())
 
 
 def _exit_after_shutdown(_signum: int, _frame: FrameType | None) -> None:
