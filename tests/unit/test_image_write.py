@@ -21,9 +21,11 @@ from sealpod.errors import ConfigError, VerificationError
 from sealpod.image import (
     ImageConfig,
     LayerFile,
+    extract_cached,
     extract_layers,
     layer_from_directory,
     layer_from_files,
+    layers_cache_key,
     open_image,
     write_docker_archive,
     write_oci_layout,
@@ -291,3 +293,36 @@ def test_writing_into_a_non_empty_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "oci" / "x").write_text("x")
     with pytest.raises(ConfigError):
         write_oci_layout(tmp_path / "oci", ImageConfig(), [])
+
+
+def test_extract_cached_unpacks_once_per_set_of_layers(tmp_path: Path, rootfs: Path) -> None:
+    layer = layer_from_directory(rootfs, tmp_path / "w")
+    write_oci_layout(tmp_path / "oci", ImageConfig(), [layer])
+    write_docker_archive(tmp_path / "img.tar", ImageConfig(), [layer])
+    cache = tmp_path / "cache"
+    first = extract_cached(open_image(f"oci:{tmp_path / 'oci'}"), cache)
+    (first / "marker").write_text("same entry")
+    # The same layers in the other format (uncompressed) are the same cache entry.
+    second = extract_cached(open_image(f"docker-archive:{tmp_path / 'img.tar'}"), cache)
+    assert second == first
+    assert (second / "marker").read_text() == "same entry"
+    assert (second / "etc/conf").read_text() == "a=1\n"
+    assert sorted(p.name for p in first.parent.iterdir()) == [first.name, f"{first.name}.lock"]
+
+
+def test_tampered_layer_leaves_nothing_in_the_layer_cache(tmp_path: Path, rootfs: Path) -> None:
+    layer = layer_from_directory(rootfs, tmp_path / "w", compression="none")
+    write_oci_layout(tmp_path / "oci", ImageConfig(), [layer])
+    image = open_image(f"oci:{tmp_path / 'oci'}")
+    blob = image.layers[0].path
+    blob.write_bytes(blob.read_bytes().replace(b"a=1", b"a=9"))
+    with pytest.raises(VerificationError):
+        extract_cached(image, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache/layers").iterdir()] == [
+        f"{layers_cache_key(image, preserve_owners=os.geteuid() == 0)}.lock"
+    ]
+
+
+def test_dir_image_has_no_layer_cache_entry(tmp_path: Path, rootfs: Path) -> None:
+    with pytest.raises(ConfigError):
+        extract_cached(open_image(f"dir:{rootfs}"), tmp_path / "cache")
