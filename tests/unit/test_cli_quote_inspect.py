@@ -33,6 +33,23 @@ def test_inspect_json_shows_identity(
     assert data["mr_signer"] == expected["quote_fields"]["mr_signer"]
     assert data["verified"] is False
     assert len(data["pck_chain"]) == 3
+    assert data["pck"]["fmspc"] == expected["quote_fields"]["fmspc"]
+    assert data["pck"]["pck_ca"] == expected["quote_fields"]["pck_ca"]
+
+
+def test_inspect_shows_platform_ca_and_fmspc_of_every_vector(
+    attestation_vectors: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder in ("dcap-qvl-samples", "automata-dcap", "go-tdx-guest-2023"):
+        for entry in json.loads((attestation_vectors / folder / "expected.json").read_text()):
+            code, out, _ = _run(
+                ["quote", "inspect", str(attestation_vectors / folder / entry["quote"]), "--json"],
+                capsys,
+            )
+            assert code == 0
+            pck = json.loads(out)["pck"]
+            assert pck["fmspc"] == entry["quote_fields"]["fmspc"], entry["name"]
+            assert pck["pck_ca"] == entry["quote_fields"]["pck_ca"], entry["name"]
 
 
 def test_inspect_garbage_is_one_line_exit_1(

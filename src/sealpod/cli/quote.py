@@ -7,8 +7,10 @@ from typing import Any
 import click
 from cryptography import x509
 
+from sealpod.attestation.pck import PCKExtensions
 from sealpod.attestation.quote import DCAPQuote, parse_quote
 from sealpod.cli._common import emit, json_option, read_bytes
+from sealpod.errors import QuoteFormatError
 
 
 @click.group()
@@ -35,6 +37,28 @@ def _chain_summary(parsed: DCAPQuote) -> list[dict[str, Any]]:
     return summary
 
 
+def _pck_summary(parsed: DCAPQuote) -> dict[str, Any] | str:
+    pem = parsed.pck_chain_pem
+    if not pem:
+        return "(no PCK certificate in the quote)"
+    try:
+        ext = PCKExtensions.from_pem_chain(pem)
+    except QuoteFormatError as exc:
+        return f"(unreadable: {exc})"
+    chain = _chain_summary(parsed)
+    issuer = chain[0].get("issuer", "") if chain else ""
+    ca = "processor" if "Processor" in issuer else "platform" if "Platform" in issuer else "unknown"
+    return {
+        "fmspc": ext.fmspc.hex().upper(),
+        "pck_ca": ca,
+        "pce_id": ext.pce_id.hex(),
+        "pce_svn": ext.pce_svn,
+        "cpu_svn": ext.cpu_svn.hex(),
+        "tcb_component_svns": list(ext.tcb_component_svns),
+        "sgx_type": ext.sgx_type,
+    }
+
+
 @quote.command()
 @click.argument("quote_file", metavar="QUOTE", type=click.Path(dir_okay=False))
 @json_option
@@ -43,6 +67,7 @@ def inspect(quote_file: str, as_json: bool) -> None:
     parsed = parse_quote(read_bytes(quote_file, "quote"))
     data = parsed.to_dict()
     data["pck_chain"] = _chain_summary(parsed)
+    data["pck"] = _pck_summary(parsed)
     data["verified"] = False
 
     def human() -> None:
