@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 with warnings.catch_warnings():
     # starlette asks for its "httpx2" fork; the plain httpx it still supports is what we have.
@@ -262,3 +264,44 @@ def test_oversized_body_is_refused_before_it_is_read(client: TestClient) -> None
 
     _error(client.post("/api/v1/manifest", content=chunks()), 413, "too_large")
     assert client.get("/api/v1/status").json()["state"] == "accepting-manifest"
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=12,
+)
+_ACTIVATION_FIELDS = ("service", "instance", "csr", "nonce", "quote", "collateral")
+
+
+def test_malformed_requests_never_cause_a_server_error(client: TestClient) -> None:
+    assert client.post("/api/v1/manifest", json=MANIFEST).status_code == 200
+    nonce = client.post("/api/v1/activation/nonce").json()["nonce"]
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        body=st.dictionaries(st.sampled_from(_ACTIVATION_FIELDS), _JSON, max_size=6),
+        raw=st.binary(max_size=200),
+        query=st.text(max_size=80),
+    )
+    def check(body: dict[str, Any], raw: bytes, query: str) -> None:
+        plausible = {
+            "service": "web",
+            "instance": "i",
+            "csr": "-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n",
+            "nonce": nonce,
+            "quote": "00" * 64,
+            "collateral": {},
+        }
+        for response in (
+            client.post("/api/v1/activation", json=body),
+            client.post("/api/v1/activation", json={**plausible, **body}),
+            client.post("/api/v1/activation", content=raw),
+            client.post("/api/v1/manifest/updates", content=raw),
+            client.get("/api/v1/quote", params={"nonce": query}),
+            client.get("/api/v1/audit", params={"start": query, "limit": query}),
+        ):
+            assert response.status_code < 500, response.text
+            assert set(response.json()) == {"error"} or response.status_code == 200
+
+    check()
