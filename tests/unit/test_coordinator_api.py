@@ -305,3 +305,24 @@ def test_malformed_requests_never_cause_a_server_error(client: TestClient) -> No
             assert set(response.json()) == {"error"} or response.status_code == 200
 
     check()
+
+
+def test_replicas_sharing_the_state_serve_the_same_manifest(
+    platform: SimulatedPlatform, tmp_path: Path
+) -> None:
+    settings = _settings(platform, tmp_path / "state.db")
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        assert second.get("/api/v1/status").json()["state"] == "accepting-manifest"
+        assert first.post("/api/v1/manifest", json=MANIFEST).status_code == 200
+        _error(second.post("/api/v1/manifest", json=MANIFEST), 409, "manifest_already_set")
+        status = second.get("/api/v1/status").json()
+        assert status["state"] == "accepting-services"
+        assert status["manifest_sha256"] == first.get("/api/v1/status").json()["manifest_sha256"]
+        assert second.get("/api/v1/manifest").json() == first.get("/api/v1/manifest").json()
+        assert second.post("/api/v1/activation/nonce").status_code == 200
+        root = "root_certificate"
+        nonce = {"nonce": "07" * 16}
+        assert (
+            first.get("/api/v1/quote", params=nonce).json()[root]
+            == second.get("/api/v1/quote", params=nonce).json()[root]
+        )

@@ -418,17 +418,45 @@ class Coordinator:
             return ca
 
         self._ca = self._transact(store, body)
+        self._reload(store)
+
+    def _reload(self, store: SealedStateStore) -> tuple[ManifestInfo | None, CoordinatorCA]:
+        """Read the manifest and CA from the store (they change together) and serve them."""
         with store.snapshot() as view:
+            raw_ca = view.get(_NS, _CA_KEY)
             canonical = view.get(_NS, _MANIFEST_KEY)
             signature = view.get(_NS, _MANIFEST_SIGNATURE_KEY)
+        if raw_ca is None:  # pragma: no cover - written on first start
+            raise VerificationError("pki_state_malformed", "the coordinator CA is missing")
+        ca = CoordinatorCA.from_bytes(raw_ca)
+        info: ManifestInfo | None = None
         if canonical is not None and signature is not None:
             manifest = validate_manifest(json.loads(canonical))
-            self._manifest = ManifestInfo(
+            info = ManifestInfo(
                 manifest=manifest,
                 canonical=canonical,
                 sha256=manifest_digest(manifest),
                 signature=signature,
             )
+        with self._lock:
+            self._manifest, self._ca = info, ca
+        return info, ca
+
+    def _deployment(self) -> tuple[ManifestInfo | None, CoordinatorCA]:
+        """The manifest and CA to serve, reloaded if another replica (sharing the database)
+        changed them: one small record read per call.
+
+        Raises:
+            RequestRefusedError: ``recovery_mode``.
+        """
+        store = self._require_store()
+        with self._lock:
+            info, ca = self._manifest, self._ca
+        stored = store.get(_NS, _MANIFEST_SHA_KEY)
+        if ca is None or (stored is not None and (info is None or stored != info.sha256)):
+            _logger.info("the manifest changed in the shared state; reloading")
+            return self._reload(store)
+        return info, ca
 
     def close(self) -> None:
         """Close the store."""
@@ -501,6 +529,8 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         """State, ``simulated``, version and the manifest digest (if any)."""
+        if self._store is not None:
+            self._deployment()
         with self._lock:
             manifest = self._manifest
         return {
@@ -701,9 +731,7 @@ class Coordinator:
         Raises:
             RequestRefusedError: ``no_manifest`` (404) before one is set; ``recovery_mode``.
         """
-        self._require_store()
-        with self._lock:
-            manifest = self._manifest
+        manifest, _ = self._deployment()
         if manifest is None:
             raise RequestRefusedError("no_manifest", "no manifest has been set", status=404)
         return manifest
@@ -784,9 +812,7 @@ class Coordinator:
         Raises:
             RequestRefusedError: ``no_manifest`` (409), ``recovery_mode``, ``too_many_nonces``.
         """
-        self._require_store()
-        if self.state is not CoordinatorState.ACCEPTING_SERVICES:
-            raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
+        self._current_manifest()
         return self._nonces.issue(self._now())
 
     def activate(self, request: ActivationRequestData) -> ActivationOutcome:
@@ -821,9 +847,8 @@ class Coordinator:
         store = self._require_store()
         now = self._now()
         now_dt = datetime.datetime.fromtimestamp(now, datetime.UTC)
-        with self._lock:
-            info, ca = self._manifest, self._ca
-        if info is None or ca is None:
+        info, ca = self._deployment()
+        if info is None:
             raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
         manifest = info.manifest
         service_spec = manifest.services.get(request.service)
@@ -1323,9 +1348,7 @@ class Coordinator:
     # -- users and user-defined secrets ------------------------------------------------------
 
     def _current_manifest(self) -> ManifestInfo:
-        self._require_store()
-        with self._lock:
-            info = self._manifest
+        info, _ = self._deployment()
         if info is None:
             raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
         return info
