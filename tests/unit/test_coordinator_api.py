@@ -326,3 +326,64 @@ def test_replicas_sharing_the_state_serve_the_same_manifest(
             first.get("/api/v1/quote", params=nonce).json()[root]
             == second.get("/api/v1/quote", params=nonce).json()[root]
         )
+
+
+def _activation(client: TestClient, platform: SimulatedPlatform, nonce_hex: str) -> dict[str, Any]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    from sealpod.tee import EnclaveIdentity, SimulationBackend
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
+        .sign(key, hashes.SHA256())
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    nonce = bytes.fromhex(nonce_hex)
+    report_data = hashlib.sha256(b"sealpod-activation-v1" + spki + nonce).digest() + bytes(32)
+    backend = SimulationBackend(
+        platform, EnclaveIdentity(mr_enclave=bytes.fromhex("11" * 32), mr_signer=bytes(32))
+    )
+    return {
+        "service": "web",
+        "instance": "i0",
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        "nonce": nonce_hex,
+        "quote": backend.quote(report_data).hex(),
+        "collateral": platform.collateral(),
+    }
+
+
+def test_nonce_replayed_at_another_replica_is_refused(
+    platform: SimulatedPlatform, tmp_path: Path
+) -> None:
+    settings = _settings(platform, tmp_path / "state.db")
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        assert first.post("/api/v1/manifest", json=MANIFEST).status_code == 200
+        nonce = first.post("/api/v1/activation/nonce").json()["nonce"]
+        body = _activation(first, platform, nonce)
+        # A nonce from one replica is good at another (they share the sealed nonce key)...
+        accepted = second.post("/api/v1/activation", json=body)
+        assert accepted.status_code == 200, accepted.text
+        assert len(bytes.fromhex(accepted.json()["env"]["KEY"])) == 16
+        # ...but only once, wherever it is replayed.
+        _error(first.post("/api/v1/activation", json=body), 403, "nonce_reused")
+        _error(second.post("/api/v1/activation", json=body), 403, "nonce_reused")
+
+
+def test_nonce_of_a_refused_activation_cannot_be_retried(
+    platform: SimulatedPlatform, client: TestClient
+) -> None:
+    assert client.post("/api/v1/manifest", json=MANIFEST).status_code == 200
+    nonce = client.post("/api/v1/activation/nonce").json()["nonce"]
+    body = _activation(client, platform, nonce)
+    _error(
+        client.post("/api/v1/activation", json={**body, "collateral": None}),
+        400,
+        "collateral_required",
+    )
+    _error(client.post("/api/v1/activation", json=body), 403, "nonce_reused")

@@ -15,66 +15,63 @@ from sealpod.coordinator import (
     measure_distribution,
     package_policy,
 )
-from sealpod.coordinator.errors import RequestRefusedError
-from sealpod.coordinator.nonces import NonceRegistry
+from sealpod.coordinator.nonces import NonceIssuer, expiry_of_used_key, used_key
 from sealpod.coordinator.server import parse_listen, server_names
 from sealpod.errors import ConfigError, VerificationError
 from sealpod.manifest import Package, Policy
 
 # -- nonces ---------------------------------------------------------------------------------
 
+KEY = bytes(range(32))
 
-def test_nonce_is_accepted_once() -> None:
-    registry = NonceRegistry(ttl=10, capacity=10)
-    issued = registry.issue(1000.0)
+
+def test_nonce_is_accepted_until_it_expires() -> None:
+    issuer = NonceIssuer(KEY, ttl=10)
+    issued = issuer.issue(1000.0)
     assert len(issued.value) == 32
-    assert issued.expires_at == 1010.0
-    registry.consume(issued.value, 1005.0)
+    assert issued.expires_at >= 1010
+    assert issuer.check(issued.value, 1010.0) == issued.expires_at
 
 
-def test_replayed_nonce_is_refused() -> None:
-    registry = NonceRegistry(ttl=10, capacity=10)
-    issued = registry.issue(1000.0)
-    registry.consume(issued.value, 1001.0)
+def test_expired_nonce_is_refused() -> None:
+    issuer = NonceIssuer(KEY, ttl=10)
+    issued = issuer.issue(1000.0)
     with pytest.raises(VerificationError) as caught:
-        registry.consume(issued.value, 1002.0)
-    assert caught.value.reason == "nonce_reused"
-
-
-def test_expired_nonce_is_refused_and_cannot_be_retried() -> None:
-    registry = NonceRegistry(ttl=10, capacity=10)
-    issued = registry.issue(1000.0)
-    with pytest.raises(VerificationError) as caught:
-        registry.consume(issued.value, 1010.5)
+        issuer.check(issued.value, issued.expires_at + 1.0)
     assert caught.value.reason == "nonce_expired"
-    with pytest.raises(VerificationError) as again:
-        registry.consume(issued.value, 1000.0)
-    assert again.value.reason == "nonce_reused"
 
 
 def test_invented_nonce_is_refused() -> None:
-    registry = NonceRegistry(ttl=10, capacity=10)
-    registry.issue(1000.0)
+    issuer = NonceIssuer(KEY, ttl=10)
+    for invented in (bytes(32), b"\xff" * 32, b"short"):
+        with pytest.raises(VerificationError) as caught:
+            issuer.check(invented, 1000.0)
+        assert caught.value.reason == "nonce_unknown"
+
+
+def test_nonce_with_an_extended_expiry_is_refused() -> None:
+    issuer = NonceIssuer(KEY, ttl=10)
+    issued = bytearray(issuer.issue(1000.0).value)
+    issued[7] ^= 0x80  # the low byte of the big-endian expiry: far in the future or past
     with pytest.raises(VerificationError) as caught:
-        registry.consume(b"\x00" * 32, 1001.0)
+        issuer.check(bytes(issued), 1000.0)
     assert caught.value.reason == "nonce_unknown"
 
 
-def test_nonce_flood_is_bounded_and_recovers_after_expiry() -> None:
-    registry = NonceRegistry(ttl=10, capacity=2)
-    registry.issue(1000.0)
-    registry.issue(1000.0)
-    with pytest.raises(RequestRefusedError) as caught:
-        registry.issue(1001.0)
-    assert caught.value.code == "too_many_nonces"
-    assert caught.value.status == 503
-    assert len(registry.issue(1011.0).value) == 32
+def test_nonce_of_another_coordinator_is_refused() -> None:
+    issued = NonceIssuer(bytes(32), ttl=10).issue(1000.0)
+    with pytest.raises(VerificationError) as caught:
+        NonceIssuer(KEY, ttl=10).check(issued.value, 1001.0)
+    assert caught.value.reason == "nonce_unknown"
 
 
-def test_nonces_are_distinct() -> None:
-    registry = NonceRegistry(ttl=10, capacity=1000)
-    values = {registry.issue(0.0).value for _ in range(200)}
+def test_nonces_are_distinct_and_their_records_sort_by_expiry() -> None:
+    issuer = NonceIssuer(KEY, ttl=10)
+    values = {issuer.issue(0.0).value for _ in range(200)}
     assert len(values) == 200
+    nonce = next(iter(values))
+    assert used_key(nonce, 0x10) < used_key(nonce, 0x100) < used_key(nonce, 0x1000)
+    assert expiry_of_used_key(used_key(nonce, 12345)) == 12345
 
 
 # -- binding (DESIGN.md, "Binding evidence to keys") -----------------------------------------

@@ -1,26 +1,44 @@
-"""Single-use, expiring activation nonces.
+"""Single-use, expiring activation nonces that every replica can check.
 
-Invariants: a nonce is 32 random bytes from the OS CSPRNG; it is accepted at most once and only
-before it expires; a nonce that was used is remembered until it would have expired, so a replay
-is reported as such (``nonce_reused``) rather than as unknown. The registry is bounded: when
-``capacity`` unexpired nonces are outstanding, new ones are refused until some expire.
+A nonce is 32 bytes: ``expiry (u64, big-endian epoch seconds) ‖ random (8) ‖
+HMAC-SHA256(K, "sealpod-nonce-v1" ‖ expiry ‖ random)[:16]``, where ``K`` is a random key kept in
+the sealed state (so all replicas sharing the state share it, and nobody outside the enclave has
+it). Issuing writes nothing; checking needs no memory of issued nonces:
 
-Nonces live in memory: a restarted coordinator forgets them, which only makes services ask for a
-new one. (Several coordinator replicas behind one address need them in the shared store: later.)
+* a nonce whose MAC does not verify was not issued by us (``nonce_unknown``): its expiry cannot
+  be forged or extended;
+* a nonce past its expiry is refused (``nonce_expired``);
+* *single use* is enforced by the store: the coordinator records ``USED_NAMESPACE /
+  used_key(nonce)`` in the same transaction as the activation (or as the audit entry of a
+  refusal) and checks it inside that transaction, so a replay is refused (``nonce_reused``)
+  even when it reaches another replica. Records of expired nonces are pruned as activations go.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
-import threading
+import struct
 from dataclasses import dataclass
 
-from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.errors import VerificationError
 
-__all__ = ["NONCE_BYTES", "IssuedNonce", "NonceRegistry"]
+__all__ = [
+    "NONCE_BYTES",
+    "USED_NAMESPACE",
+    "IssuedNonce",
+    "NonceIssuer",
+    "expiry_of_used_key",
+    "used_key",
+]
 
 NONCE_BYTES = 32
+#: Store namespace of used nonces; keys sort by expiry (see :func:`used_key`).
+USED_NAMESPACE = "nonce-used"
+_LABEL = b"sealpod-nonce-v1"
+_MAC_BYTES = 16
+_HEADER = struct.Struct(">Q8s")
 
 
 @dataclass(frozen=True)
@@ -28,59 +46,59 @@ class IssuedNonce:
     """A nonce and the time (epoch seconds) after which it is refused."""
 
     value: bytes
-    expires_at: float
+    expires_at: int
 
 
-class NonceRegistry:
-    """Issues nonces and consumes each at most once (thread-safe)."""
+def used_key(nonce: bytes, expiry: int) -> str:
+    """The store key recording that ``nonce`` was used: ``<expiry hex>/<nonce hex>``."""
+    return f"{expiry:016x}/{bytes(nonce).hex()}"
 
-    def __init__(self, *, ttl: float, capacity: int) -> None:
-        if ttl <= 0 or capacity < 1:
-            raise ValueError("ttl must be positive and capacity at least 1")
+
+def expiry_of_used_key(key: str) -> int:
+    """The expiry a :func:`used_key` names (``-1`` when the key is not one)."""
+    head, _, _ = key.partition("/")
+    try:
+        return int(head, 16)
+    except ValueError:
+        return -1
+
+
+class NonceIssuer:
+    """Makes and checks nonces under one key (thread-safe: it holds no mutable state)."""
+
+    def __init__(self, key: bytes, *, ttl: float) -> None:
+        if len(key) < 32 or ttl <= 0:
+            raise ValueError("a 32-byte key and a positive ttl are needed")
+        self._key = bytes(key)
         self._ttl = ttl
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        # nonce -> (expiry, used)
-        self._nonces: dict[bytes, tuple[float, bool]] = {}
 
-    def _purge(self, now: float) -> None:
-        expired = [nonce for nonce, (expiry, _) in self._nonces.items() if expiry < now]
-        for nonce in expired:
-            del self._nonces[nonce]
+    def __repr__(self) -> str:
+        return f"NonceIssuer(ttl={self._ttl})"
+
+    def _mac(self, header: bytes) -> bytes:
+        return hmac.new(self._key, _LABEL + header, hashlib.sha256).digest()[:_MAC_BYTES]
 
     def issue(self, now: float) -> IssuedNonce:
-        """A fresh nonce valid for the registry's TTL from ``now``.
+        """A fresh nonce, valid until ``now + ttl`` (rounded up to a whole second)."""
+        expiry = int(now + self._ttl) + 1
+        header = _HEADER.pack(expiry, secrets.token_bytes(8))
+        return IssuedNonce(value=header + self._mac(header), expires_at=expiry)
+
+    def check(self, nonce: bytes, now: float) -> int:
+        """Check that we issued ``nonce`` and that it has not expired; return its expiry.
+
+        Whether it was used already is the store's part (see the module docstring).
 
         Raises:
-            RequestRefusedError: ``too_many_nonces`` (503) when ``capacity`` nonces are outstanding.
+            VerificationError: ``nonce_unknown`` or ``nonce_expired``.
         """
-        with self._lock:
-            if len(self._nonces) >= self._capacity:
-                self._purge(now)
-                if len(self._nonces) >= self._capacity:
-                    raise RequestRefusedError(
-                        "too_many_nonces", "too many activations in progress", status=503
-                    )
-            value = secrets.token_bytes(NONCE_BYTES)
-            expiry = now + self._ttl
-            self._nonces[value] = (expiry, False)
-            return IssuedNonce(value=value, expires_at=expiry)
-
-    def consume(self, nonce: bytes, now: float) -> None:
-        """Use ``nonce`` once.
-
-        Raises:
-            VerificationError: ``nonce_unknown`` (never issued, or forgotten after expiry),
-                ``nonce_reused`` (already used) or ``nonce_expired``.
-        """
-        with self._lock:
-            entry = self._nonces.get(bytes(nonce))
-            if entry is None:
-                raise VerificationError("nonce_unknown", "the nonce was not issued by us")
-            expiry, used = entry
-            if used:
-                raise VerificationError("nonce_reused", "the nonce was already used")
-            # Marked used before the expiry check: an expired nonce is refused either way.
-            self._nonces[bytes(nonce)] = (expiry, True)
-            if now > expiry:
-                raise VerificationError("nonce_expired", "the nonce has expired")
+        raw = bytes(nonce)
+        if len(raw) != NONCE_BYTES:
+            raise VerificationError("nonce_unknown", "the nonce was not issued by us")
+        header, mac = raw[: _HEADER.size], raw[_HEADER.size :]
+        if not hmac.compare_digest(mac, self._mac(header)):
+            raise VerificationError("nonce_unknown", "the nonce was not issued by us")
+        expiry, _ = _HEADER.unpack(header)
+        if now > expiry:
+            raise VerificationError("nonce_expired", "the nonce has expired")
+        return int(expiry)

@@ -67,7 +67,13 @@ from sealpod.coordinator.binding import (
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.coordinator.identity import coordinator_identity
 from sealpod.coordinator.metrics import CoordinatorMetrics
-from sealpod.coordinator.nonces import IssuedNonce, NonceRegistry
+from sealpod.coordinator.nonces import (
+    USED_NAMESPACE,
+    IssuedNonce,
+    NonceIssuer,
+    expiry_of_used_key,
+    used_key,
+)
 from sealpod.coordinator.settings import CoordinatorSettings
 from sealpod.errors import ConfigError, QuoteFormatError, SealpodError, VerificationError
 from sealpod.manifest import (
@@ -132,6 +138,9 @@ _MANIFEST_KEY = "manifest"
 _MANIFEST_SIGNATURE_KEY = "manifest-signature"
 _MANIFEST_SHA_KEY = "manifest-sha256"
 _PENDING_UPDATE_KEY = "pending-update"
+_NONCE_KEY = "nonce-key"
+#: Expired used-nonce records removed per activation (keeps the namespace small).
+_NONCE_PRUNE = 8
 _SIGNATURE_ALGORITHM = "ecdsa-sha384"
 # The instance ids the PKI accepts (they become a URI SAN and a store key).
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}$")
@@ -345,7 +354,7 @@ class Coordinator:
         self._unsealed_callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._nonces = NonceRegistry(ttl=settings.nonce_ttl, capacity=settings.max_pending_nonces)
+        self._nonces: NonceIssuer | None = None
         self._ca: CoordinatorCA | None = None
         self._metrics = CoordinatorMetrics()
         self._auth = RequestAuthenticator()
@@ -401,6 +410,8 @@ class Coordinator:
         name = self._settings.name
 
         def body(tx: Transaction) -> CoordinatorCA:
+            if tx.get(_NS, _NONCE_KEY) is None:
+                tx.put(_NS, _NONCE_KEY, secrets.token_bytes(32))
             raw = tx.get(_NS, _CA_KEY)
             if raw is not None:
                 return CoordinatorCA.from_bytes(raw)
@@ -418,6 +429,10 @@ class Coordinator:
             return ca
 
         self._ca = self._transact(store, body)
+        nonce_key = store.get(_NS, _NONCE_KEY)
+        if nonce_key is None:  # pragma: no cover - written just above
+            raise VerificationError("state_malformed", "the nonce key is missing")
+        self._nonces = NonceIssuer(nonce_key, ttl=self._settings.nonce_ttl)
         self._reload(store)
 
     def _reload(self, store: SealedStateStore) -> tuple[ManifestInfo | None, CoordinatorCA]:
@@ -810,9 +825,11 @@ class Coordinator:
         """A single-use activation nonce.
 
         Raises:
-            RequestRefusedError: ``no_manifest`` (409), ``recovery_mode``, ``too_many_nonces``.
+            RequestRefusedError: ``no_manifest`` (409), ``recovery_mode``.
         """
         self._current_manifest()
+        if self._nonces is None:  # pragma: no cover - set whenever there is a store
+            raise RequestRefusedError("recovery_mode", "the coordinator is in recovery", status=503)
         return self._nonces.issue(self._now())
 
     def activate(self, request: ActivationRequestData) -> ActivationOutcome:
@@ -827,8 +844,9 @@ class Coordinator:
                 ``invalid_nonce``, ``recovery_mode``.
         """
         started = time.perf_counter()
+        spent: list[str] = []  # the used-nonce key, once the nonce passed its checks
         try:
-            outcome = self._activate(request)
+            outcome = self._activate(request, spent)
         except SealpodError as exc:
             self._metrics.activation_refused(_refusal_code(exc), time.perf_counter() - started)
             self._audit_refusal(
@@ -838,12 +856,13 @@ class Coordinator:
                     "instance": request.instance,
                 },
                 exc,
+                spent_nonce=spent[0] if spent else None,
             )
             raise
         self._metrics.activation(request.service, time.perf_counter() - started)
         return outcome
 
-    def _activate(self, request: ActivationRequestData) -> ActivationOutcome:
+    def _activate(self, request: ActivationRequestData, spent: list[str]) -> ActivationOutcome:
         store = self._require_store()
         now = self._now()
         now_dt = datetime.datetime.fromtimestamp(now, datetime.UTC)
@@ -864,7 +883,13 @@ class Coordinator:
             nonce = bytes.fromhex(request.nonce_hex)
         except ValueError as exc:
             raise RequestRefusedError("invalid_nonce", "the nonce is not hex") from exc
-        self._nonces.consume(nonce, now)
+        if self._nonces is None:  # pragma: no cover - set whenever there is a store
+            raise RequestRefusedError("recovery_mode", "the coordinator is in recovery", status=503)
+        used = used_key(nonce, self._nonces.check(nonce, now))
+        if store.get(USED_NAMESPACE, used) is not None:
+            raise VerificationError("nonce_reused", "the nonce was already used")
+        # From here on the nonce is spent, whatever happens (checked again atomically below).
+        spent.append(used)
         try:
             csr = x509.load_pem_x509_csr(request.csr_pem.encode())
             spki = public_key_der(csr.public_key())
@@ -897,7 +922,7 @@ class Coordinator:
                     "advisory_not_accepted",
                     f"the platform is affected by {', '.join(open_advisories)}",
                 )
-        return self._provision(store, info, ca, request, csr, evidence, now_dt)
+        return self._provision(store, info, ca, request, csr, evidence, now_dt, used)
 
     def _provision(
         self,
@@ -908,6 +933,7 @@ class Coordinator:
         csr: x509.CertificateSigningRequest,
         evidence: VerifiedEvidence,
         now: datetime.datetime,
+        used_nonce: str,
     ) -> ActivationOutcome:
         manifest = info.manifest
         service = request.service
@@ -936,6 +962,10 @@ class Coordinator:
                 raise RequestRefusedError(
                     "manifest_changed", "the manifest was updated meanwhile; retry", status=503
                 )
+            if tx.get(USED_NAMESPACE, used_nonce) is not None:
+                raise VerificationError("nonce_reused", "the nonce was already used")
+            tx.put(USED_NAMESPACE, used_nonce, b"")
+            _prune_used_nonces(tx, now)
             namespace = _instance_namespace(service)
             known = tx.get(namespace, instance) is not None
             if not known and spec.max_instances is not None:
@@ -1487,7 +1517,9 @@ class Coordinator:
 
     # -- audit ------------------------------------------------------------------------------
 
-    def _audit_refusal(self, event: dict[str, Any], exc: SealpodError) -> None:
+    def _audit_refusal(
+        self, event: dict[str, Any], exc: SealpodError, *, spent_nonce: str | None = None
+    ) -> None:
         store = self._store
         code = _refusal_code(exc)
         _logger.warning("refused %s: %s", event.get("type"), exc)
@@ -1495,8 +1527,14 @@ class Coordinator:
             return
         entry = {**event, "reason": code, "message": str(exc)[:500]}
         now = self._now_datetime()
+
+        def body(tx: Transaction) -> None:
+            if spent_nonce is not None and tx.get(USED_NAMESPACE, spent_nonce) is None:
+                tx.put(USED_NAMESPACE, spent_nonce, b"")
+            AuditLog.append(tx, entry, now=now)
+
         try:
-            self._transact(store, lambda tx: AuditLog.append(tx, entry, now=now))
+            self._transact(store, body)
         except SealpodError as audit_exc:
             _logger.error("could not write the audit entry of a refusal: %s", audit_exc)
 
@@ -1555,6 +1593,14 @@ def _user_secret_value(
         CertificateSecret(cert=Certificate(chain[0]), private_key=PrivateKey(cast(Any, key))),
         certified,
     )
+
+
+def _prune_used_nonces(tx: Transaction, now: datetime.datetime) -> None:
+    # Keys sort by expiry, so the first ones are the oldest.
+    for key in tx.keys(USED_NAMESPACE, limit=_NONCE_PRUNE):
+        if expiry_of_used_key(key) >= now.timestamp():
+            break
+        tx.delete(USED_NAMESPACE, key)
 
 
 def _hex(value: bytes | None) -> str | None:

@@ -34,7 +34,6 @@ class CoordinatorSettings(BaseModel):
     )
     gramine_root: Path = Path("/dev/attestation")
     nonce_ttl: float = Field(default=120.0, gt=0, le=3600, description="seconds")
-    max_pending_nonces: int = Field(default=100_000, ge=1)
     leaf_validity_days: int = Field(default=30, ge=1, le=3650)
     name: str = Field(default="sealpod coordinator", min_length=1, max_length=48)
     simulated_root_der: bytes | None = Field(
