@@ -30,6 +30,8 @@ _COMMANDS: dict[str, str] = {
     "fs": "sealpod.cli.fs:fs",
     "manifest": "sealpod.cli.manifest:manifest",
     "coordinator": "sealpod.cli.coordinator:coordinator",
+    "build": "sealpod.cli.build:build",
+    "inspect": "sealpod.cli.inspect:inspect",
 }
 
 
