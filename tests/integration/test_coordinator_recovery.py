@@ -6,6 +6,7 @@ serves the old state again under the old root.
 from __future__ import annotations
 
 import base64
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,17 @@ def test_state_is_recovered_with_k_shares_after_the_sealing_key_changed(
         with pytest.raises(RequestRefusedError) as duplicate:
             submit_recovery_share(sealed.url, sealed.root_pem, shares["r1"])
         assert duplicate.value.code == "duplicate_share"
-        with pytest.raises(VerificationError) as forged:
-            submit_recovery_share(sealed.url, sealed.root_pem, b"SPRS\x01" + bytes(50))
-        assert forged.value.reason in ("recovery_share_malformed", "recovery_share_foreign")
-
-        # The failed attempt dropped the shares: k genuine ones are needed again.
-        assert not submit_recovery_share(sealed.url, sealed.root_pem, shares["r3"])["recovered"]
-        done = submit_recovery_share(sealed.url, sealed.root_pem, shares["r1"])
-        assert done["recovered"] is True
+        with pytest.raises(RequestRefusedError) as garbage:
+            submit_recovery_share(sealed.url, sealed.root_pem, b"not a share")
+        assert (garbage.value.status, garbage.value.code) == (400, "invalid_share")
+        # A well-formed forgery (threshold 2, x = 1 like a genuine share) is taken, fails to
+        # combine with r1, and must not stop the genuine shares from working.
+        forged = b"SPRS\x01" + secrets.token_bytes(16) + bytes([2, 1]) + secrets.token_bytes(32)
+        with pytest.raises(VerificationError) as failed:
+            submit_recovery_share(sealed.url, sealed.root_pem, forged)
+        assert failed.value.reason.startswith("recovery_share")
+        done = submit_recovery_share(sealed.url, sealed.root_pem, shares["r3"])
+        assert done == {"threshold": 2, "received": 3, "recovered": True}
 
         # TLS now presents a certificate of the old root: the old pin works again.
         with pinned_client(sealed.url, root_pem) as client:

@@ -27,6 +27,7 @@ import datetime
 import enum
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import re
@@ -141,6 +142,12 @@ _PENDING_UPDATE_KEY = "pending-update"
 _NONCE_KEY = "nonce-key"
 #: Expired used-nonce records removed per activation (keeps the namespace small).
 _NONCE_PRUNE = 8
+#: Subsets of received recovery shares tried per submitted share.
+_MAX_RECOVERY_ATTEMPTS = 64
+# A decrypted share: "SPRS" 0x01 | store id (16) | threshold (1) | x (1) | y (32)
+# (sealpod.store.sealed); checked for shape here so garbage is refused on arrival.
+_SHARE_MAGIC = b"SPRS\x01"
+_SHARE_SIZE = len(_SHARE_MAGIC) + 16 + 2 + 32
 _SIGNATURE_ALGORITHM = "ecdsa-sha384"
 # The instance ids the PKI accepts (they become a URI SAN and a store key).
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}$")
@@ -350,6 +357,7 @@ class Coordinator:
         self._sealed_error = sealed_error
         self._sealing_key = sealing_key
         self._recovery_shares: list[bytes] = []
+        self._recovery_lock = threading.Lock()
         self._recovery_credentials: CertifiedKey | None = None
         self._unsealed_callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -687,41 +695,53 @@ class Coordinator:
         }
 
     def submit_recovery_share(self, share: bytes) -> dict[str, Any]:
-        """Take one decrypted recovery share; with ``threshold`` of them, unseal the state.
+        """Take one decrypted recovery share; once ``threshold`` good ones are in, unseal.
+
+        Shares are checked for shape on arrival (size, magic, threshold).
+        When enough have arrived, every ``threshold``-subset that includes the newest share is
+        tried (at most :data:`_MAX_RECOVERY_ATTEMPTS`), so a bad share sent by someone else
+        cannot block the good ones: it only stays unused. At most twice as many shares as
+        there are recovery keys are kept.
 
         Returns ``{"threshold", "received", "recovered"}``.
 
         Raises:
             RequestRefusedError: ``not_in_recovery`` (409), ``no_recovery_keys`` (409: the
-                state is lost), ``duplicate_share`` (409).
-            VerificationError: the shares do not rebuild the data key
-                (``recovery_share_malformed``, ``recovery_share_foreign``,
-                ``recovery_shares_invalid``, ...); the shares received so far are dropped.
+                state is lost), ``duplicate_share`` (409), ``too_many_shares`` (409),
+                ``invalid_share`` (400).
+            VerificationError: enough shares arrived but no subset rebuilds the data key
+                (``recovery_shares_invalid``, ``recovery_share_foreign``, ...); they are kept.
         """
-        with self._lock:
-            error = self._sealed_error
-            if error is None or self._store is not None:
-                raise RequestRefusedError(
-                    "not_in_recovery", "the coordinator is not in recovery", status=409
-                )
-            if error.threshold < 1:
+        raw = bytes(share)
+        with self._recovery_lock:
+            with self._lock:
+                error = self._sealed_error
+                if error is None or self._store is not None:
+                    raise RequestRefusedError(
+                        "not_in_recovery", "the coordinator is not in recovery", status=409
+                    )
+            threshold = error.threshold
+            if threshold < 1:
                 raise RequestRefusedError(
                     "no_recovery_keys", "no recovery keys were configured", status=409
                 )
-            if any(hmac.compare_digest(share, known) for known in self._recovery_shares):
-                raise RequestRefusedError("duplicate_share", "share already received", status=409)
-            self._recovery_shares.append(bytes(share))
-            shares = list(self._recovery_shares)
-            if len(shares) < error.threshold:
-                return {"threshold": error.threshold, "received": len(shares), "recovered": False}
+            _check_share_shape(raw, threshold)
+            # Equal bytes only: refusing a second share with the same x would let whoever
+            # sends a forged share first shut out the genuine one.
+            if any(hmac.compare_digest(raw, known) for known in self._recovery_shares):
+                raise RequestRefusedError(
+                    "duplicate_share", "this share was received already", status=409
+                )
+            if len(self._recovery_shares) >= 2 * max(len(error.recovery_keys), threshold):
+                raise RequestRefusedError(
+                    "too_many_shares", "too many shares received; restart to clear", status=409
+                )
+            self._recovery_shares.append(raw)
+            received = len(self._recovery_shares)
+            if received < threshold:
+                return {"threshold": threshold, "received": received, "recovered": False}
+            store, used = self._try_recovery(raw, threshold)
             self._recovery_shares = []
-        if self._sealing_key is None:
-            raise RequestRefusedError("no_sealing_key", "this TEE has no sealing key", status=409)
-        try:
-            store = recover_store(self._settings.state_url, self._sealing_key, shares)
-        except VerificationError:
-            _logger.warning("recovery with %d shares failed", len(shares))
-            raise
         self._load_or_initialise(store)
         with self._lock:
             self._store = store
@@ -730,13 +750,34 @@ class Coordinator:
         self._transact(
             store,
             lambda tx: AuditLog.append(
-                tx, {"type": "state_recovered", "shares": len(shares)}, now=now
+                tx, {"type": "state_recovered", "shares": used, "received": received}, now=now
             ),
         )
-        _logger.warning("sealed state recovered with %d shares", len(shares))
+        _logger.warning("sealed state recovered with %d of %d shares", used, received)
         for callback in self._unsealed_callbacks:
             callback()
-        return {"threshold": error.threshold, "received": len(shares), "recovered": True}
+        return {"threshold": threshold, "received": received, "recovered": True}
+
+    def _try_recovery(self, newest: bytes, threshold: int) -> tuple[SealedStateStore, int]:
+        if self._sealing_key is None:
+            raise RequestRefusedError("no_sealing_key", "this TEE has no sealing key", status=409)
+        others = [known for known in self._recovery_shares if known is not newest]
+        last_error: VerificationError | None = None
+        for attempt, subset in enumerate(itertools.combinations(others, threshold - 1)):
+            if attempt >= _MAX_RECOVERY_ATTEMPTS:
+                break
+            try:
+                store = recover_store(
+                    self._settings.state_url, self._sealing_key, [*subset, newest]
+                )
+            except VerificationError as exc:
+                last_error = exc
+                continue
+            return store, threshold
+        _logger.warning("no subset of %d received shares opens the state", len(others) + 1)
+        if last_error is None:  # pragma: no cover - at least one subset is tried
+            raise VerificationError("recovery_shares_invalid", "no subset could be tried")
+        raise last_error
 
     # -- manifest ---------------------------------------------------------------------------
 
@@ -1593,6 +1634,19 @@ def _user_secret_value(
         CertificateSecret(cert=Certificate(chain[0]), private_key=PrivateKey(cast(Any, key))),
         certified,
     )
+
+
+def _check_share_shape(raw: bytes, threshold: int) -> None:
+    """Refuse what cannot be a share of this store's recovery split.
+
+    Raises:
+        RequestRefusedError: ``invalid_share`` (400).
+    """
+    if len(raw) != _SHARE_SIZE or not raw.startswith(_SHARE_MAGIC):
+        raise RequestRefusedError("invalid_share", "not a decrypted sealpod recovery share")
+    at = len(_SHARE_MAGIC) + 16
+    if raw[at] != threshold or raw[at + 1] == 0:
+        raise RequestRefusedError("invalid_share", "the share is for another threshold")
 
 
 def _prune_used_nonces(tx: Transaction, now: datetime.datetime) -> None:
