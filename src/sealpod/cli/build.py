@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from sealpod.cli._common import emit, json_option, stdout_is_terminal
+from sealpod.cli._common import json_option, stdout_is_terminal
+from sealpod.cli.inspect import show_package
 from sealpod.errors import ConfigError
 from sealpod.package import build_package, parse_volume
 from sealpod.package._hashing import HashProgress
@@ -175,4 +176,4 @@ def build(
             argv=argv or None,
             progress=progress,
         )
-    emit({"package": str(output), **info.to_dict()}, as_json)
+    show_package({"package": str(output), **info.to_dict()}, as_json)

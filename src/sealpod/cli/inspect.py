@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
+from typing import Any
+
 import click
 
 from sealpod.cli._common import emit, json_option
 from sealpod.errors import VerificationError
 from sealpod.package import open_package, package_info, verify_package
+
+
+def show_package(data: Mapping[str, Any], as_json: bool) -> None:
+    """Print a package description: JSON, or ``key: value`` lines (volumes as NAME:PATH)."""
+
+    def human() -> None:
+        for name, value in data.items():
+            if isinstance(value, Mapping):
+                value = ", ".join(f"{k}:{v}" for k, v in value.items()) or "(none)"
+            elif isinstance(value, list | tuple):
+                value = " ".join(str(v) for v in value) if value else "(none)"
+            click.echo(f"{name}: {value}")
+
+    emit(data, as_json, human)
 
 
 @click.command()
@@ -26,7 +44,7 @@ def inspect(package: str, as_json: bool) -> None:
         info = package_info(opened)
         failure = exc
     data = {"package": package, **info.to_dict(), "signature_valid": failure is None}
-    emit(data, as_json)
+    show_package(data, as_json)
     if failure is not None:
         click.echo(f"error: {failure}", err=True)
-        raise click.exceptions.Exit(failure.exit_code)
+        sys.exit(failure.exit_code)
