@@ -28,6 +28,7 @@ _COMMANDS: dict[str, str] = {
     "key": "sealpod.cli.sigstruct:key",
     "sigstruct": "sealpod.cli.sigstruct:sigstruct",
     "fs": "sealpod.cli.fs:fs",
+    "volume": "sealpod.cli.volume:volume",
     "manifest": "sealpod.cli.manifest:manifest",
     "coordinator": "sealpod.cli.coordinator:coordinator",
     "build": "sealpod.cli.build:build",
