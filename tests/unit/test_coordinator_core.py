@@ -218,3 +218,23 @@ def test_metrics_exposition_counts_and_buckets() -> None:
     assert 'sealpod_activation_duration_seconds_bucket{le="10"} 3' in lines
     assert 'sealpod_activation_duration_seconds_bucket{le="+Inf"} 4' in lines
     assert "sealpod_activation_duration_seconds_count 4" in lines
+
+
+def test_expired_used_nonce_records_are_pruned_oldest_first(tmp_path: Path) -> None:
+    import datetime
+
+    from sealpod.coordinator.nonces import USED_NAMESPACE
+    from sealpod.coordinator.service import _prune_used_nonces
+    from sealpod.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/s.db", bytes(16))
+    try:
+        with store.transaction() as tx:
+            for expiry in (100, 200, 300, 5000):
+                tx.put(USED_NAMESPACE, used_key(bytes([expiry % 256]) * 32, expiry), b"")
+        with store.transaction() as tx:
+            _prune_used_nonces(tx, datetime.datetime.fromtimestamp(250, datetime.UTC))
+        remaining = [expiry_of_used_key(key) for key in store.keys(USED_NAMESPACE)]
+        assert remaining == [300, 5000]
+    finally:
+        store.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime
 import enum
+import hashlib
 import hmac
 import ipaddress
 import itertools
@@ -140,10 +141,14 @@ _MANIFEST_SIGNATURE_KEY = "manifest-signature"
 _MANIFEST_SHA_KEY = "manifest-sha256"
 _PENDING_UPDATE_KEY = "pending-update"
 _NONCE_KEY = "nonce-key"
-#: Expired used-nonce records removed per activation (keeps the namespace small).
-_NONCE_PRUNE = 8
+#: Expired used-nonce records removed per prune, and about how many activations per prune:
+#: records are removed twice as fast as they are added, so the namespace stays small.
+_NONCE_PRUNE = 32
+_NONCE_PRUNE_EVERY = 16
 #: Subsets of received recovery shares tried per submitted share.
 _MAX_RECOVERY_ATTEMPTS = 64
+_COLLATERAL_CACHE_SIZE = 64
+_POLICY_CACHE_SIZE = 256
 # A decrypted share: "SPRS" 0x01 | store id (16) | threshold (1) | x (1) | y (32)
 # (sealpod.store.sealed); checked for shape here so garbage is refused on arrival.
 _SHARE_MAGIC = b"SPRS\x01"
@@ -358,6 +363,8 @@ class Coordinator:
         self._sealing_key = sealing_key
         self._recovery_shares: list[bytes] = []
         self._recovery_lock = threading.Lock()
+        self._collateral_cache: dict[bytes, Collateral] = {}
+        self._policy_cache: dict[tuple[bytes, str], AppraisalPolicy] = {}
         self._recovery_credentials: CertifiedKey | None = None
         self._unsealed_callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -903,6 +910,39 @@ class Coordinator:
         self._metrics.activation(request.service, time.perf_counter() - started)
         return outcome
 
+    def _collateral(self, document: Mapping[str, Any]) -> Collateral:
+        """Parse collateral, reusing the parsed object when the same document comes again
+        (every service of a platform sends the same one until it is renewed). The cache key
+        is the whole document, so a cached object is exactly what a fresh parse would give."""
+        try:
+            key = hashlib.sha256(
+                json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+            ).digest()
+        except (TypeError, ValueError) as exc:
+            raise VerificationError("malformed_collateral", "not a JSON object") from exc
+        with self._lock:
+            cached = self._collateral_cache.get(key)
+        if cached is not None:
+            return cached
+        parsed = Collateral.from_mapping(document)
+        with self._lock:
+            if len(self._collateral_cache) >= _COLLATERAL_CACHE_SIZE:
+                self._collateral_cache.pop(next(iter(self._collateral_cache)))
+            self._collateral_cache[key] = parsed
+        return parsed
+
+    def _package_policy(self, info: ManifestInfo, package: str) -> AppraisalPolicy:
+        key = (info.sha256, package)
+        with self._lock:
+            cached = self._policy_cache.get(key)
+        if cached is None:
+            cached = package_policy(info.manifest.packages[package], info.manifest.policy)
+            with self._lock:
+                if len(self._policy_cache) >= _POLICY_CACHE_SIZE:
+                    self._policy_cache.clear()
+                self._policy_cache[key] = cached
+        return cached
+
     def _activate(self, request: ActivationRequestData, spent: list[str]) -> ActivationOutcome:
         store = self._require_store()
         now = self._now()
@@ -944,10 +984,10 @@ class Coordinator:
             raise QuoteFormatError("the quote is not hex") from exc
         if request.collateral is None:
             raise RequestRefusedError("collateral_required", "send the quote's collateral")
-        collateral = Collateral.from_mapping(request.collateral)
+        collateral = self._collateral(request.collateral)
         package = manifest.packages[service_spec.package]
-        policy = package_policy(
-            package, manifest.policy, expected_report_data=activation_report_data(spki, nonce)
+        policy = self._package_policy(info, service_spec.package).model_copy(
+            update={"expected_report_data": activation_report_data(spki, nonce)}
         )
         evidence = verify_quote(
             quote,
@@ -995,6 +1035,8 @@ class Coordinator:
             now=now,
         )
         chain = (leaf, ca.mesh.certificate)
+        # Expired used-nonce records are pruned now and then (each prune reads a few records).
+        prune = secrets.randbelow(_NONCE_PRUNE_EVERY) == 0
 
         def body(tx: Transaction) -> ActivationOutcome:
             if tx.get(_NS, _MANIFEST_SHA_KEY) != info.sha256:
@@ -1006,7 +1048,8 @@ class Coordinator:
             if tx.get(USED_NAMESPACE, used_nonce) is not None:
                 raise VerificationError("nonce_reused", "the nonce was already used")
             tx.put(USED_NAMESPACE, used_nonce, b"")
-            _prune_used_nonces(tx, now)
+            if prune:
+                _prune_used_nonces(tx, now)
             namespace = _instance_namespace(service)
             known = tx.get(namespace, instance) is not None
             if not known and spec.max_instances is not None:
