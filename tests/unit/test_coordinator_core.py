@@ -223,8 +223,8 @@ def test_metrics_exposition_counts_and_buckets() -> None:
 def test_expired_used_nonce_records_are_pruned_oldest_first(tmp_path: Path) -> None:
     import datetime
 
+    from sealpod.coordinator._activation import _prune_used_nonces
     from sealpod.coordinator.nonces import USED_NAMESPACE
-    from sealpod.coordinator.service import _prune_used_nonces
     from sealpod.store import open_store
 
     store = open_store(f"sqlite:///{tmp_path}/s.db", bytes(16))
