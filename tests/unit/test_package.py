@@ -659,3 +659,30 @@ def test_hasher_refuses_to_follow_a_symlink(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         hash_files([tmp_path / "link"], [1])
     assert stat.S_ISLNK((tmp_path / "link").lstat().st_mode)
+
+
+def test_very_deep_tree_is_walked_without_recursion_error(tmp_path: Path) -> None:
+    from sealpod.package import collect_trusted_files
+
+    deep = tmp_path / "root"
+    path = deep
+    path.mkdir()
+    for _ in range(1100):
+        path = path / "d"
+        path.mkdir()
+    (path / "leaf").write_bytes(b"leaf")
+    trusted = collect_trusted_files(deep)
+    assert list(trusted) == ["/d" * 1100 + "/leaf"]
+    assert trusted["/d" * 1100 + "/leaf"].sha256 == sha_hex(b"leaf")
+
+
+def test_sigstruct_date_comes_from_source_date_epoch(
+    images: dict[str, Any],
+    key: EnclaveSigningKey,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14 UTC
+    build_package(f"oci:{images['oci']}", tmp_path / "p", key)
+    sig = SIGSTRUCT.from_bytes(open_package(tmp_path / "p").enclave_sig)
+    assert sig.date_value() == dt.date(2023, 11, 14)

@@ -117,7 +117,7 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
     multiple=True,
     metavar="GLOB",
     envvar="SEALPOD_BUILD_EXCLUDE",
-    help="Leave matching paths out of the trusted files (repeatable).",
+    help="Leave paths matching GLOB (fnmatch; * also matches /) out of the trusted files (repeatable).",
 )
 @click.option(
     "--env",

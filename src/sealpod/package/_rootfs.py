@@ -55,7 +55,8 @@ def walk_tree(
     """Every regular file and symbolic link below ``root``, sorted by path.
 
     Left out: :data:`SKIPPED_TREES`, shadow files, paths matching an ``exclude`` glob
-    (``fnmatch`` against the absolute path; a matching directory excludes its subtree) and
+    (``fnmatch`` against the absolute path, where ``*`` also matches ``/``; a matching
+    directory excludes its subtree) and
     paths at or below one of ``hidden`` (tmpfs, volume and allowed paths).
 
     Raises:
@@ -69,11 +70,15 @@ def walk_tree(
             return True
         return any(fnmatch.fnmatchcase(path, g) for g in globs)
 
-    def walk(directory: Path, prefix: str) -> None:
+    # Iterative, so a maliciously deep tree cannot exhaust the interpreter's stack.
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
             raise ConfigError(f"cannot list {directory}: {exc.strerror or exc}") from exc
+        subdirectories: list[tuple[Path, str]] = []
         for entry in entries:
             path = f"{prefix}/{entry.name}"
             if skipped(path):
@@ -81,21 +86,19 @@ def walk_tree(
             try:
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    walk(Path(entry.path), path)
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    if is_shadow_file(path):
-                        continue
-                    found.append(
-                        TreeFile(
-                            path=path,
-                            host_path=Path(entry.path),
-                            kind="file",
-                            size=st.st_size,
-                            mode=stat.S_IMODE(st.st_mode),
-                            inode=(st.st_dev, st.st_ino),
+                    subdirectories.append((Path(entry.path), path))
+                elif stat.S_ISREG(st.st_mode):
+                    if not is_shadow_file(path):
+                        found.append(
+                            TreeFile(
+                                path=path,
+                                host_path=Path(entry.path),
+                                kind="file",
+                                size=st.st_size,
+                                mode=stat.S_IMODE(st.st_mode),
+                                inode=(st.st_dev, st.st_ino),
+                            )
                         )
-                    )
                 elif stat.S_ISLNK(st.st_mode):
                     target = os.readlink(os.fsencode(entry.path))
                     found.append(
@@ -111,8 +114,8 @@ def walk_tree(
                     )
             except OSError as exc:
                 raise ConfigError(f"cannot read {entry.path}: {exc.strerror or exc}") from exc
-
-    walk(root, "")
+        stack.extend(reversed(subdirectories))
+    found.sort(key=lambda f: f.path)
     return found
 
 
