@@ -140,6 +140,7 @@ def running_coordinator(
     manifest: dict[str, Any] | None,
     *,
     state_url: str | None = None,
+    **settings_overrides: Any,
 ) -> Iterator[Running]:
     clock = Clock()
     settings = CoordinatorSettings(
@@ -147,6 +148,7 @@ def running_coordinator(
         sim_dir=platform.directory,
         nonce_ttl=NONCE_TTL,
         clock=clock,
+        **settings_overrides,
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

@@ -38,10 +38,11 @@ from sealpod.coordinator.nonces import (
     expiry_of_used_key,
     used_key,
 )
-from sealpod.errors import QuoteFormatError, SealpodError, VerificationError
+from sealpod.errors import NetworkError, QuoteFormatError, SealpodError, VerificationError
 from sealpod.manifest import (
     Certificate,
     CertificateChain,
+    Manifest,
     ManifestValidationError,
     PrivateKey,
     RenderContext,
@@ -145,6 +146,24 @@ class ActivationMixin(CoordinatorBase):
             self._collateral_cache[key] = parsed
         return parsed
 
+    def _evidence_collateral(
+        self, manifest: Manifest, request: ActivationRequestData, quote: bytes
+    ) -> Collateral:
+        """The collateral to verify ``quote`` with: from the manifest's PCCS when its policy
+        says ``collateral_source: pccs``, else the service's, else the coordinator's PCCS."""
+        pccs_url = manifest.policy.pccs_url if manifest.policy.collateral_source == "pccs" else None
+        if pccs_url is None and request.collateral is not None:
+            return self._collateral(request.collateral)
+        pccs_url = pccs_url or self._settings.pccs_url
+        if pccs_url is None:
+            raise RequestRefusedError("collateral_required", "send the quote's collateral")
+        try:
+            return self.pccs(pccs_url).collateral_for_quote(quote)
+        except NetworkError as exc:
+            raise RequestRefusedError(
+                "collateral_unavailable", f"the PCCS cannot be reached: {exc}", status=503
+            ) from exc
+
     def _package_policy(self, info: ManifestInfo, package: str) -> AppraisalPolicy:
         key = (info.sha256, package)
         with self._lock:
@@ -196,9 +215,7 @@ class ActivationMixin(CoordinatorBase):
             quote = bytes.fromhex(request.quote_hex)
         except ValueError as exc:
             raise QuoteFormatError("the quote is not hex") from exc
-        if request.collateral is None:
-            raise RequestRefusedError("collateral_required", "send the quote's collateral")
-        collateral = self._collateral(request.collateral)
+        collateral = self._evidence_collateral(manifest, request, quote)
         package = manifest.packages[service_spec.package]
         policy = self._package_policy(info, service_spec.package).model_copy(
             update={"expected_report_data": activation_report_data(spki, nonce)}

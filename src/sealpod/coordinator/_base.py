@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import secrets
+import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 
 from sealpod import __version__
 from sealpod.attestation.collateral import Collateral
+from sealpod.attestation.pccs import PCCSClient
 from sealpod.attestation.policy import AppraisalPolicy
 from sealpod.attestation.verify import VerifiedEvidence
 from sealpod.coordinator._secrets import SecretResolver
@@ -42,7 +44,13 @@ from sealpod.coordinator.nonces import (
     NonceIssuer,
 )
 from sealpod.coordinator.settings import CoordinatorSettings
-from sealpod.errors import ConfigError, QuoteFormatError, SealpodError, VerificationError
+from sealpod.errors import (
+    ConfigError,
+    NetworkError,
+    QuoteFormatError,
+    SealpodError,
+    VerificationError,
+)
 from sealpod.manifest import (
     Manifest,
     ManifestValidationError,
@@ -99,6 +107,8 @@ _MANIFEST_SHA_KEY = "manifest-sha256"
 _PENDING_UPDATE_KEY = "pending-update"
 _NONCE_KEY = "nonce-key"
 _SIGNATURE_ALGORITHM = "ecdsa-sha384"
+# A PCCS URL may name the PCS API path itself (as docs/manifest.md shows); PCCSClient adds it.
+_PCS_PATH_RE = re.compile(r"/(sgx|tdx)/certification/v4/?$")
 # The instance ids the PKI accepts (they become a URI SAN and a store key).
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}$")
 
@@ -285,6 +295,7 @@ class CoordinatorBase:
         self._recovery_shares: list[bytes] = []
         self._recovery_lock = threading.Lock()
         self._collateral_cache: dict[bytes, Collateral] = {}
+        self._pccs_clients: dict[str, PCCSClient] = {}
         self._policy_cache: dict[tuple[bytes, str], AppraisalPolicy] = {}
         self._recovery_credentials: CertifiedKey | None = None
         self._unsealed_callbacks: list[Callable[[], None]] = []
@@ -408,9 +419,13 @@ class CoordinatorBase:
         return info, ca
 
     def close(self) -> None:
-        """Close the store."""
+        """Close the store and the PCCS clients."""
         if self._store is not None:
             self._store.close()
+        with self._lock:
+            clients, self._pccs_clients = list(self._pccs_clients.values()), {}
+        for client in clients:
+            client.close()
 
     # -- properties -------------------------------------------------------------------------
 
@@ -462,6 +477,28 @@ class CoordinatorBase:
         # (replicas) still serialise through the database.
         with self._write_lock:
             return store.transact(body)
+
+    def pccs(self, url: str) -> PCCSClient:
+        """The (cached) PCCS client for ``url`` (a base URL, or one ending in
+        ``/sgx/certification/v4``), verifying TLS with ``settings.pccs_ca_file`` if set.
+
+        Raises:
+            ConfigError: not an http(s) URL.
+        """
+        base = _PCS_PATH_RE.sub("", url.strip())
+        with self._lock:
+            client = self._pccs_clients.get(base)
+        if client is None:
+            ca_file = self._settings.pccs_ca_file
+            client = PCCSClient(
+                base,
+                self._settings.pccs_cache_dir,
+                clock=self._settings.clock,
+                verify=ssl.create_default_context(cafile=str(ca_file)) if ca_file else True,
+            )
+            with self._lock:
+                client = self._pccs_clients.setdefault(base, client)
+        return client
 
     def _require_store(self) -> SealedStateStore:
         if self._store is None:
@@ -524,6 +561,14 @@ class CoordinatorBase:
         collateral: Mapping[str, str] | None = None
         if isinstance(self._backend, SimulationBackend):
             collateral = self._backend.platform.collateral()
+        elif self._settings.pccs_url is not None:
+            try:
+                collateral = (
+                    self.pccs(self._settings.pccs_url).collateral_for_quote(quote).to_mapping()
+                )
+            except NetworkError as exc:
+                # The quote is still useful: the client may fetch collateral itself.
+                _logger.warning("no collateral for the coordinator's quote: %s", exc)
         return CoordinatorEvidence(
             root_certificate=root,
             certificate_chain=chain,

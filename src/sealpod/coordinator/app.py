@@ -39,6 +39,7 @@ from sealpod.coordinator.settings import CoordinatorSettings
 from sealpod.errors import (
     ConfigError,
     EnvironmentUnavailableError,
+    NetworkError,
     QuoteFormatError,
     SealpodError,
     VerificationError,
@@ -308,6 +309,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreConflictError)
     async def _conflict(_request: Request, exc: StoreConflictError) -> JSONResponse:
         return _error(503, "busy", "the state store is busy; retry")
+
+    @app.exception_handler(NetworkError)
+    async def _network(_request: Request, exc: NetworkError) -> JSONResponse:
+        _logger.error("upstream unavailable: %s", exc)
+        return _error(503, "upstream_unavailable", "a service the coordinator needs is down")
 
     @app.exception_handler(EnvironmentUnavailableError)
     async def _unavailable(_request: Request, exc: EnvironmentUnavailableError) -> JSONResponse:

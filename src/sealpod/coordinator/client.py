@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sealpod.attestation.collateral import Collateral
+from sealpod.attestation.pccs import PCCSClient
 from sealpod.attestation.policy import AppraisalPolicy
 from sealpod.attestation.verify import VerifiedEvidence, verify_quote
 from sealpod.coordinator.auth import UserPrivateKey, authorization_header
@@ -189,6 +190,7 @@ def verify_coordinator(
     simulated_root_der: bytes | None = None,
     trust_root_der: bytes | None = None,
     collateral: Collateral | None = None,
+    pccs_url: str | None = None,
     clock: Callable[[], float] = time.time,
     timeout: float = _DEFAULT_TIMEOUT,
 ) -> VerifiedCoordinator:
@@ -203,6 +205,7 @@ def verify_coordinator(
             platform's); needed to verify a simulated coordinator.
         trust_root_der: a root to pin instead of Intel's (tests).
         collateral: collateral to use instead of the one the coordinator sends.
+        pccs_url: where to fetch collateral when the coordinator sends none.
         clock: epoch seconds now.
 
     Raises:
@@ -239,11 +242,15 @@ def verify_coordinator(
         raise VerificationError("malformed_response", "the quote is not hex") from exc
     if collateral is None:
         raw_collateral = body.get("collateral")
-        if not isinstance(raw_collateral, dict):
+        if isinstance(raw_collateral, dict):
+            collateral = Collateral.from_mapping(raw_collateral)
+        elif pccs_url is not None:
+            with PCCSClient(pccs_url, clock=clock, timeout=timeout) as pccs:
+                collateral = pccs.collateral_for_quote(quote)
+        else:
             raise VerificationError(
-                "collateral_missing", "the coordinator sent no collateral; pass it explicitly"
+                "collateral_missing", "the coordinator sent no collateral; give a PCCS URL"
             )
-        collateral = Collateral.from_mapping(raw_collateral)
     policy = AppraisalPolicy(
         tee="sgx",
         mrenclave=None if expect_mrenclave is None else (expect_mrenclave,),

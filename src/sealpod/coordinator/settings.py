@@ -42,4 +42,14 @@ class CoordinatorSettings(BaseModel):
         description="simulated SGX root accepted for service evidence (default: the simulated "
         "platform's root when tee is simulation)",
     )
+    pccs_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="PCCS (PCS API v4) for collateral a service does not send, and for the "
+        "coordinator's own quote on hardware",
+    )
+    pccs_ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify PCCS TLS with (default: system CAs)"
+    )
+    pccs_cache_dir: Path | None = Field(default=None, description="on-disk PCCS response cache")
     clock: Callable[[], float] = Field(default=time.time, exclude=True, repr=False)
