@@ -84,3 +84,9 @@ def test_json_log_lines_are_json_objects() -> None:
     assert document["logger"] == "sealpod.x"
     assert document["message"] == "a b"
     assert document["time"].endswith("+00:00")
+
+
+def test_bad_pccs_url_is_a_config_error() -> None:
+    result = CliRunner().invoke(coordinator, ["serve", "--pccs-url", "ftp://pccs"])
+    assert isinstance(result.exception, ConfigError)
+    assert "pccs_url" in str(result.exception)

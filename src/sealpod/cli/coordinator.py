@@ -18,6 +18,7 @@ from types import FrameType
 
 import click
 from cryptography.hazmat.primitives import hashes
+from pydantic import ValidationError
 
 from sealpod.cli._common import emit, json_option
 from sealpod.coordinator.identity import (
@@ -27,6 +28,7 @@ from sealpod.coordinator.identity import (
 )
 from sealpod.coordinator.server import CoordinatorServer, parse_listen
 from sealpod.coordinator.settings import CoordinatorSettings, default_state_url
+from sealpod.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 
@@ -83,6 +85,19 @@ def coordinator() -> None:
     help="Seconds an activation nonce stays valid [env SEALPOD_NONCE_TTL].",
 )
 @click.option(
+    "--pccs-url",
+    envvar="SEALPOD_PCCS_URL",
+    default=None,
+    help="PCCS (PCS API v4) for collateral services do not send [env SEALPOD_PCCS_URL].",
+)
+@click.option(
+    "--pccs-ca-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="SEALPOD_PCCS_CA_FILE",
+    default=None,
+    help="CA bundle for the PCCS's TLS certificate [env SEALPOD_PCCS_CA_FILE].",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     envvar="SEALPOD_LOG_FORMAT",
@@ -97,18 +112,27 @@ def serve(
     sim_dir: Path | None,
     server_names: tuple[str, ...],
     nonce_ttl: float,
+    pccs_url: str | None,
+    pccs_ca_file: Path | None,
     log_format: str,
 ) -> None:
     """Serve the coordinator API over HTTPS until interrupted."""
     if log_format == "json":
         _use_json_logs()
     host, port = parse_listen(listen)
-    settings = CoordinatorSettings(
-        state_url=state_url or default_state_url(),
-        tee="gramine" if tee == "gramine" else "simulation",
-        sim_dir=sim_dir,
-        nonce_ttl=nonce_ttl,
-    )
+    try:
+        settings = CoordinatorSettings(
+            state_url=state_url or default_state_url(),
+            tee="gramine" if tee == "gramine" else "simulation",
+            sim_dir=sim_dir,
+            nonce_ttl=nonce_ttl,
+            pccs_url=pccs_url,
+            pccs_ca_file=pccs_ca_file,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{where}: {first['msg']}") from exc
     server = CoordinatorServer.build(
         settings, host=host, port=port, server_names_extra=server_names
     )
