@@ -298,6 +298,12 @@ def build_package(
             argv=argv,
             progress=progress,
         )
+        symlink_targets = {
+            path: target
+            for path, entry in manifest.trusted_files.items()
+            if entry.type == "symlink" and (target := resolve_in_tree(rootfs, path)) is not None
+        }
+        gramine = render_gramine_manifest(manifest, symlink_targets=symlink_targets)
         mr_enclave = measure_manifest(manifest)
         sigstruct = sign_sigstruct(
             new_sigstruct(
@@ -324,7 +330,7 @@ def build_package(
             {
                 ENCLAVE_JSON: LayerFile(manifest.canonical_bytes(), 0o444),
                 ENCLAVE_SIG: LayerFile(sigstruct.to_bytes(), 0o444),
-                GRAMINE_MANIFEST: LayerFile(render_gramine_manifest(manifest).encode(), 0o444),
+                GRAMINE_MANIFEST: LayerFile(gramine.encode(), 0o444),
             },
             layers_dir,
         )
