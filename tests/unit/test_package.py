@@ -499,13 +499,20 @@ def test_tampered_sealpod_layer_blob_is_refused(package: Path, tmp_path: Path) -
     assert caught.value.reason == "blob_digest_mismatch"
 
 
-def _layer_with_traversal(work: Path) -> Layer:
+def _layer_with_traversal(work: Path, *, symlink: bool = False) -> Layer:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("usr/bin/app", APP), ("../escaped", b"owned\n")):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("usr/bin/app")
+        info.size, info.mode = len(APP), 0o755
+        tar.addfile(info, io.BytesIO(APP))
+        if symlink:
+            info = tarfile.TarInfo("etc/host")
+            info.type, info.linkname = tarfile.SYMTYPE, "../../../../etc"
+            tar.addfile(info)
+        else:
+            info = tarfile.TarInfo("../escaped")
+            info.size, info.mode = 6, 0o644
+            tar.addfile(info, io.BytesIO(b"owned\n"))
     raw = buffer.getvalue()
     work.mkdir(parents=True, exist_ok=True)
     path = work / sha_hex(raw)
@@ -530,6 +537,19 @@ def test_path_traversal_in_a_layer_is_refused(key: EnclaveSigningKey, tmp_path: 
     assert caught.value.reason == "layer_path_traversal"
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "out" / "escaped").exists()
     assert list(out.parent.iterdir()) == []  # no package, no leftover work directory
+
+
+def test_symlink_escaping_the_root_in_a_layer_is_refused(
+    key: EnclaveSigningKey, tmp_path: Path
+) -> None:
+    layout = tmp_path / "evil-oci"
+    write_oci_layout(layout, CONFIG, [_layer_with_traversal(tmp_path / "work", symlink=True)])
+    out = tmp_path / "out" / "package"
+    out.parent.mkdir()
+    with pytest.raises(VerificationError) as caught:
+        build_package(f"oci:{layout}", out, key)
+    assert caught.value.reason == "layer_symlink_escape"
+    assert list(out.parent.iterdir()) == []
 
 
 # -- build input errors -----------------------------------------------------------------------
