@@ -85,6 +85,7 @@ def _manifest(*, allow_simulation: bool) -> dict[str, Any]:
                 },
                 "env": {"DB_KEY": "{{ secrets.db_key | hex }}"},
                 "argv": ["/app", "--instance={{ sealpod.instance }}"],
+                "volumes": {"data": "/data"},
             },
             "single": {"package": "web", "max_instances": 1},
             "pair": {"package": "web", "max_instances": 2},
@@ -98,6 +99,7 @@ def _manifest(*, allow_simulation: bool) -> dict[str, Any]:
                 "certificate": {"common_name": "api", "dns_names": ["api.example"]},
             },
         },
+        "volumes": {"data": {"rollback_protected": True}},
         "users": {
             "alice": {"public_key": _public_pem(ALICE_KEY), "roles": ["token-writer"]},
             "bob": {"public_key": _public_pem(BOB_KEY), "roles": ["token-reader"]},
@@ -341,6 +343,10 @@ def test_activation_delivers_rendered_secrets_and_a_mesh_certificate(
     assert first.argv == ["/app", "--instance=web-0"]
     assert first.files["/secrets/tls.key"] == first.private_key_pem()
     assert first.files["/secrets/tls.key"] != second.files["/secrets/tls.key"]
+    volume = first.volumes["data"]
+    assert (volume.mount, volume.rollback_protected, len(volume.key)) == ("/data", True, 16)
+    assert second.volumes["data"].key == volume.key  # one volume, one key
+    assert volume.key.hex() not in repr(first) + repr(volume)
 
     root = x509.load_pem_x509_certificate(coordinator.root_pem)
     assert x509.load_pem_x509_certificate(first.files["/secrets/ca.crt"]) == root
@@ -371,6 +377,7 @@ def test_activation_delivers_rendered_secrets_and_a_mesh_certificate(
     ]
     assert activations[-1]["mr_enclave"] == WEB_MRENCLAVE.hex()
     assert activations[-1]["secrets_released"] == ["api_cert", "db_key"]
+    assert activations[-1]["volumes_released"] == ["data"]
 
 
 def test_replayed_nonce_is_refused(coordinator: Running) -> None:

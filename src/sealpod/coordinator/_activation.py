@@ -21,10 +21,12 @@ from sealpod.coordinator._base import (
     _INSTANCE_RE,
     _MANIFEST_SHA_KEY,
     _NS,
+    VOLUME_NAMESPACE,
     ActivationOutcome,
     ActivationRequestData,
     CoordinatorBase,
     ManifestInfo,
+    VolumeGrant,
     _instance_namespace,
     _refusal_code,
     package_policy,
@@ -38,6 +40,7 @@ from sealpod.coordinator.nonces import (
     expiry_of_used_key,
     used_key,
 )
+from sealpod.encfs import KEY_SIZE as VOLUME_KEY_SIZE
 from sealpod.errors import NetworkError, QuoteFormatError, SealpodError, VerificationError
 from sealpod.manifest import (
     Certificate,
@@ -317,6 +320,18 @@ class ActivationMixin(CoordinatorBase):
                 coordinator_root=Certificate(ca.root_certificate),
                 secrets=values,
             )
+            volumes = {
+                name: VolumeGrant(
+                    mount=mount,
+                    key=_volume_key(tx, name),
+                    rollback_protected=(
+                        manifest.volumes[name].rollback_protected
+                        if name in manifest.volumes
+                        else True
+                    ),
+                )
+                for name, mount in spec.volumes.items()
+            }
             try:
                 rendered = render_service(manifest, service, context)
             except ManifestValidationError as exc:
@@ -340,6 +355,7 @@ class ActivationMixin(CoordinatorBase):
                     **record,
                     "reactivation": known,
                     "secrets_released": referenced,
+                    "volumes_released": sorted(volumes),
                     "tcb_status": evidence.status,
                 },
                 now=now,
@@ -354,11 +370,21 @@ class ActivationMixin(CoordinatorBase):
                 rendered=rendered,
                 private_key_placeholder=placeholder,
                 evidence=evidence,
+                volumes=volumes,
             )
 
         outcome = self._transact(store, body)
         _logger.info("activated %s/%s (simulated=%s)", service, instance, evidence.simulated)
         return outcome
+
+
+def _volume_key(tx: Transaction, name: str) -> bytes:
+    """The volume's key, made on first use (Gramine encrypted files: a 128-bit key)."""
+    key = tx.get(VOLUME_NAMESPACE, name)
+    if key is None:
+        key = secrets.token_bytes(VOLUME_KEY_SIZE)
+        tx.put(VOLUME_NAMESPACE, name, key)
+    return key
 
 
 def _prune_used_nonces(tx: Transaction, now: datetime.datetime) -> None:

@@ -92,6 +92,7 @@ __all__ = [
     "SecretRelease",
     "UpdateStatus",
     "UserSecretUpload",
+    "VolumeGrant",
     "encode_files",
     "package_policy",
 ]
@@ -106,6 +107,8 @@ _MANIFEST_SIGNATURE_KEY = "manifest-signature"
 _MANIFEST_SHA_KEY = "manifest-sha256"
 _PENDING_UPDATE_KEY = "pending-update"
 _NONCE_KEY = "nonce-key"
+#: Volume keys: ``(VOLUME_NAMESPACE, volume name) -> key``; kept across manifest updates.
+VOLUME_NAMESPACE = "volume-key"
 _SIGNATURE_ALGORITHM = "ecdsa-sha384"
 # A PCCS URL may name the PCS API path itself (as docs/manifest.md shows); PCCSClient adds it.
 _PCS_PATH_RE = re.compile(r"/(sgx|tdx)/certification/v4/?$")
@@ -168,6 +171,21 @@ class ActivationRequestData:
 
 
 @dataclass(frozen=True, repr=False)
+class VolumeGrant:
+    """An encrypted volume a service mounts: where, its key, whether its state is pinned."""
+
+    mount: str
+    key: bytes
+    rollback_protected: bool
+
+    def __repr__(self) -> str:
+        return (
+            f"VolumeGrant(mount={self.mount!r}, key=<hidden>, "
+            f"rollback_protected={self.rollback_protected})"
+        )
+
+
+@dataclass(frozen=True, repr=False)
 class ActivationOutcome:
     """What an activated instance receives."""
 
@@ -180,6 +198,7 @@ class ActivationOutcome:
     rendered: RenderedService
     private_key_placeholder: str
     evidence: VerifiedEvidence
+    volumes: Mapping[str, VolumeGrant] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (

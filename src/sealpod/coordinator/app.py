@@ -167,6 +167,14 @@ class ActivationRequest(_Model):
     )
 
 
+class VolumeGrantModel(_Model):
+    """An encrypted volume the service mounts."""
+
+    mount: str
+    key: str = Field(description="base64 of the volume's 128-bit encrypted-files key")
+    rollback_protected: bool
+
+
 class ActivationResponse(_Model):
     """What an activated instance receives."""
 
@@ -183,6 +191,7 @@ class ActivationResponse(_Model):
     private_key_placeholder: str = Field(
         description="replace this text with the instance's own PEM private key"
     )
+    volumes: dict[str, VolumeGrantModel] = Field(default_factory=dict)
 
 
 class SecretUploadRequest(_Model):
@@ -551,6 +560,14 @@ def create_app(
             env=dict(rendered.env),
             argv=None if rendered.argv is None else list(rendered.argv),
             private_key_placeholder=outcome.private_key_placeholder,
+            volumes={
+                name: VolumeGrantModel(
+                    mount=grant.mount,
+                    key=base64.b64encode(grant.key).decode("ascii"),
+                    rollback_protected=grant.rollback_protected,
+                )
+                for name, grant in outcome.volumes.items()
+            },
         )
 
     signed_description = (

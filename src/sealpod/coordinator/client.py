@@ -50,6 +50,7 @@ __all__ = [
     "SignedManifest",
     "UserSecret",
     "VerifiedCoordinator",
+    "VolumeKey",
     "activate",
     "approve_update",
     "cancel_update",
@@ -84,6 +85,18 @@ class VerifiedCoordinator:
 
 
 @dataclass(frozen=True, repr=False)
+class VolumeKey:
+    """An encrypted volume granted at activation; the key never appears in ``repr``."""
+
+    mount: str
+    key: bytes
+    rollback_protected: bool
+
+    def __repr__(self) -> str:
+        return f"VolumeKey(mount={self.mount!r}, rollback_protected={self.rollback_protected})"
+
+
+@dataclass(frozen=True, repr=False)
 class ActivationResult:
     """What an activation delivered. Secrets (key, files, env) never appear in ``repr``."""
 
@@ -98,6 +111,7 @@ class ActivationResult:
     files: dict[str, bytes] = field(repr=False)
     env: dict[str, str] = field(repr=False)
     argv: list[str] | None = field(repr=False)
+    volumes: dict[str, VolumeKey] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -804,6 +818,16 @@ def _check_activation(
     raw_argv = body.get("argv")
     argv = None if raw_argv is None else [str(a).replace(placeholder, key_pem) for a in raw_argv]
     simulated = bool(body.get("simulated"))
+    volumes: dict[str, VolumeKey] = {}
+    for name, grant in dict(body.get("volumes") or {}).items():
+        try:
+            volumes[str(name)] = VolumeKey(
+                mount=str(grant["mount"]),
+                key=base64.b64decode(str(grant["key"]), validate=True),
+                rollback_protected=bool(grant["rollback_protected"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VerificationError("malformed_response", f"volume {name} is malformed") from exc
     return ActivationResult(
         service=service,
         instance=instance,
@@ -816,4 +840,5 @@ def _check_activation(
         files=files,
         env=env,
         argv=argv,
+        volumes=volumes,
     )

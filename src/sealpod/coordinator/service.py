@@ -37,6 +37,7 @@ from sealpod.coordinator._base import (
     SecretRelease,
     UpdateStatus,
     UserSecretUpload,
+    VolumeGrant,
     encode_files,
     package_policy,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "SecretRelease",
     "UpdateStatus",
     "UserSecretUpload",
+    "VolumeGrant",
     "encode_files",
     "package_policy",
 ]
