@@ -71,7 +71,7 @@ def _batches(sizes: Sequence[int]) -> list[list[int]]:
 
 
 def hash_files(
-    paths: Sequence[Path],
+    paths: Sequence[str | Path],
     sizes: Sequence[int],
     *,
     workers: int | None = None,

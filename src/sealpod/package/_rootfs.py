@@ -37,7 +37,7 @@ class TreeFile:
     """A regular file or symbolic link found in the tree."""
 
     path: str  # as the application sees it
-    host_path: Path
+    host_path: str
     kind: str  # "file" or "symlink"
     size: int
     mode: int
@@ -71,14 +71,14 @@ def walk_tree(
         return any(fnmatch.fnmatchcase(path, g) for g in globs)
 
     # Iterative, so a maliciously deep tree cannot exhaust the interpreter's stack.
-    stack: list[tuple[Path, str]] = [(root, "")]
+    stack: list[tuple[str, str]] = [(str(root), "")]
     while stack:
         directory, prefix = stack.pop()
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
             raise ConfigError(f"cannot list {directory}: {exc.strerror or exc}") from exc
-        subdirectories: list[tuple[Path, str]] = []
+        subdirectories: list[tuple[str, str]] = []
         for entry in entries:
             path = f"{prefix}/{entry.name}"
             if skipped(path):
@@ -86,13 +86,13 @@ def walk_tree(
             try:
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    subdirectories.append((Path(entry.path), path))
+                    subdirectories.append((entry.path, path))
                 elif stat.S_ISREG(st.st_mode):
                     if not is_shadow_file(path):
                         found.append(
                             TreeFile(
                                 path=path,
-                                host_path=Path(entry.path),
+                                host_path=entry.path,
                                 kind="file",
                                 size=st.st_size,
                                 mode=stat.S_IMODE(st.st_mode),
@@ -104,7 +104,7 @@ def walk_tree(
                     found.append(
                         TreeFile(
                             path=path,
-                            host_path=Path(entry.path),
+                            host_path=entry.path,
                             kind="symlink",
                             size=len(target),
                             mode=stat.S_IMODE(st.st_mode),

@@ -128,7 +128,7 @@ def collect_trusted_files(
     """
     entries = walk_tree(root, exclude=exclude, hidden=hidden)
     unique: dict[tuple[int, int], int] = {}
-    paths: list[Path] = []
+    paths: list[str | Path] = []
     sizes: list[int] = []
     for entry in entries:
         if entry.kind == "file" and entry.inode not in unique:
