@@ -20,8 +20,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from urllib.parse import urlencode
 import dcap_qvl
 import httpx
 
+from sealpod._internal.fsutil import write_file_atomic
 from sealpod.attestation.collateral import (
     Collateral,
     CollateralValidity,
@@ -319,16 +318,7 @@ class PCCSClient:
             return
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(entry.to_json())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_file_atomic(path, entry.to_json().encode("utf-8"), mode=0o600)
         except OSError as exc:
             # A cache that cannot be written only costs a refetch next time.
             _logger.warning("cannot write PCCS cache entry %s: %s", path, exc)

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from sealpod._internal.fsutil import write_file_atomic
 from sealpod.errors import ConfigError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
@@ -38,18 +39,20 @@ def read_bytes(path: str | Path, what: str) -> bytes:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
-def write_bytes_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` all at once (temp file + rename): never half-written."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
+def write_bytes_atomic(
+    path: str | Path, data: bytes, mode: int = 0o644, *, overwrite: bool = True
+) -> None:
+    """Write ``data`` to ``path`` all at once (temp file, fsync, rename): never half-written.
+
+    Raises:
+        ConfigError: the file exists (``overwrite`` false) or cannot be written.
+    """
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        tmp.chmod(mode)
-        tmp.replace(target)
+        write_file_atomic(path, data, mode=mode, overwrite=overwrite)
+    except FileExistsError as exc:
+        raise ConfigError(f"{path} exists; use --force to replace it") from exc
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def parse_time(value: str) -> int:

@@ -19,7 +19,13 @@ from typing import Any
 
 import click
 
-from sealpod.cli._common import emit, json_option, read_bytes, stdout_is_terminal
+from sealpod.cli._common import (
+    emit,
+    json_option,
+    read_bytes,
+    stdout_is_terminal,
+    write_bytes_atomic,
+)
 from sealpod.encfs import (
     KEY_SIZE,
     EncryptedFileInfo,
@@ -151,21 +157,8 @@ def _record(info: EncryptedFileInfo, **extra: Any) -> dict[str, Any]:
 def keygen(output: str, force: bool, as_json: bool) -> None:
     """Write a new random 16-byte key (mode 0600)."""
     target = Path(output)
-    if target.exists() and not force:
-        raise ConfigError(f"{target} exists; use --force to replace it")
-    tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
-    try:
-        # Created 0600 from the start: the key never sits in a more readable file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, os.urandom(KEY_SIZE))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    # Created 0600 from the start: the key never sits in a more readable file.
+    write_bytes_atomic(target, os.urandom(KEY_SIZE), 0o600, overwrite=force)
     emit({"key_file": str(target), "bytes": KEY_SIZE}, as_json)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from sealpod._internal.fsutil import write_file_atomic
 from sealpod.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
@@ -146,29 +146,11 @@ def write_signing_key(path: str | Path, key: EnclaveSigningKey, *, force: bool =
         ConfigError: the file exists and ``force`` is false, or it cannot be written.
     """
     target = Path(path)
-    pem = key.to_pem()
-    if not force:
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError as exc:
-            raise ConfigError(f"{target} already exists (use --force to overwrite)") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-        except OSError as exc:
-            target.unlink(missing_ok=True)
-            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        return
-    tmp = target.with_name(f".{target.name}.tmp")
     try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        tmp.replace(target)
+        write_file_atomic(target, key.to_pem(), mode=0o600, overwrite=force)
+    except FileExistsError as exc:
+        raise ConfigError(f"{target} already exists (use --force to overwrite)") from exc
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    _logger.info("overwrote signing key %s", target)
+    if force:
+        _logger.info("wrote signing key %s (existing file replaced if any)", target)

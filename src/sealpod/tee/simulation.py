@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sealpod._internal.fsutil import fsync_dir, write_file_atomic
 from sealpod.attestation.pck import PCKConfiguration, PCKExtensions
 from sealpod.attestation.quote import (
     INTEL_QE_VENDOR_ID,
@@ -264,23 +265,8 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)  # os.open's mode is filtered by the umask; make it exact
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_file_atomically(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        _write_file(tmp, data, mode)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, data, mode=mode)
 
 
 def _build_cert(
@@ -457,7 +443,7 @@ class SimulatedPlatform:
         try:
             for name, (data, mode) in files.items():
                 _write_file(tmp / name, data, mode)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if target.exists():
                 # Swap: the old platform stays complete until the new one is in place.
                 old = target.parent / f".{target.name}.{secrets.token_hex(4)}.old"
@@ -466,7 +452,7 @@ class SimulatedPlatform:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
