@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,23 @@ def encrypted_files_vectors(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip("../shared/encrypted-files-vectors is absent")
     return path
+
+
+#: ``run_cli(args) -> (exit code, stdout, stderr)``, through the real ``sealpod`` entry point.
+RunCLI = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCLI:
+    """Run ``sealpod ARGS`` in-process as a user would, capturing its output and exit code."""
+    from sealpod.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc_info:
+            main(args)
+            raise SystemExit(0)
+        out, err = capsys.readouterr()
+        code = exc_info.value.code
+        return (code if isinstance(code, int) else 0), out, err
+
+    return run

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sealpod.cli import main
+RunCLI = Callable[[list[str]], tuple[int, str, str]]  # the `run_cli` fixture (conftest)
+
 
 GARBAGE = b"\x03\x00\x02\x00 this is not what you think it is \xff\xfe" * 3
 
@@ -26,15 +28,6 @@ def good_quote(attestation_vectors: Path) -> Path:
 @pytest.fixture
 def good_collateral(attestation_vectors: Path) -> Path:
     return attestation_vectors / "dcap-qvl-samples" / "sgx_quote_collateral.json"
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc_info:
-        main(args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    code = exc_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 CASES = {
@@ -67,7 +60,7 @@ def test_malformed_input_is_one_line_and_exit_1(
     garbage: Path,
     good_quote: Path,
     good_collateral: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCLI,
 ) -> None:
     key16 = tmp_path / "key16"
     key16.write_bytes(bytes(range(16)))
@@ -79,7 +72,7 @@ def test_malformed_input_is_one_line_and_exit_1(
         "key16": str(key16),
     }
     args = [part.format(**values) for part in CASES[case]]
-    code, out, err = _run(args, capsys)
+    code, out, err = run_cli(args)
     if case.startswith("manifest check"):
         # `manifest check` reports problems as its result, on stdout, followed by a summary.
         err, out = out.splitlines()[0] + "\n", ""
@@ -92,12 +85,10 @@ def test_malformed_input_is_one_line_and_exit_1(
 
 
 def test_missing_simulated_platform_is_an_environment_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, run_cli: RunCLI
 ) -> None:
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["sim", "quote", "--dir", str(tmp_path / "absent"), "--report-data", "00" * 64, "-o",
-         str(tmp_path / "q")],
-        capsys,
-    )  # fmt: skip
+         str(tmp_path / "q")])  # fmt: skip
     assert code == 3
     assert err.count("\n") == 1 and "sealpod sim init" in err

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from sealpod.cli import main
+RunCLI = Callable[[list[str]], tuple[int, str, str]]  # the `run_cli` fixture (conftest)
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc_info:
-        main(args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    code = exc_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
-
-
-def test_inspect_json_shows_identity(
-    attestation_vectors: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_inspect_json_shows_identity(attestation_vectors: Path, run_cli: RunCLI) -> None:
     expected = json.loads((attestation_vectors / "dcap-qvl-samples" / "expected.json").read_text())[
         0
     ]
     path = attestation_vectors / "dcap-qvl-samples" / expected["quote"]
-    code, out, _ = _run(["quote", "inspect", str(path), "--json"], capsys)
+    code, out, _ = run_cli(["quote", "inspect", str(path), "--json"])
     assert code == 0
     data = json.loads(out)
     assert data["mr_enclave"] == expected["quote_fields"]["mr_enclave"]
@@ -38,13 +26,12 @@ def test_inspect_json_shows_identity(
 
 
 def test_inspect_shows_platform_ca_and_fmspc_of_every_vector(
-    attestation_vectors: Path, capsys: pytest.CaptureFixture[str]
+    attestation_vectors: Path, run_cli: RunCLI
 ) -> None:
     for folder in ("dcap-qvl-samples", "automata-dcap", "go-tdx-guest-2023"):
         for entry in json.loads((attestation_vectors / folder / "expected.json").read_text()):
-            code, out, _ = _run(
-                ["quote", "inspect", str(attestation_vectors / folder / entry["quote"]), "--json"],
-                capsys,
+            code, out, _ = run_cli(
+                ["quote", "inspect", str(attestation_vectors / folder / entry["quote"]), "--json"]
             )
             assert code == 0
             pck = json.loads(out)["pck"]
@@ -52,26 +39,22 @@ def test_inspect_shows_platform_ca_and_fmspc_of_every_vector(
             assert pck["pck_ca"] == entry["quote_fields"]["pck_ca"], entry["name"]
 
 
-def test_inspect_garbage_is_one_line_exit_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_inspect_garbage_is_one_line_exit_1(tmp_path: Path, run_cli: RunCLI) -> None:
     bad = tmp_path / "bad.quote"
     bad.write_bytes(b"\x03\x00\x02\x00" + b"\x00" * 20)
-    code, out, err = _run(["quote", "inspect", str(bad)], capsys)
+    code, out, err = run_cli(["quote", "inspect", str(bad)])
     assert code == 1
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("error: quote truncated")
 
 
-def test_inspect_missing_file_is_one_line_exit_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, _, err = _run(["quote", "inspect", str(tmp_path / "absent")], capsys)
+def test_inspect_missing_file_is_one_line_exit_1(tmp_path: Path, run_cli: RunCLI) -> None:
+    code, _, err = run_cli(["quote", "inspect", str(tmp_path / "absent")])
     assert code == 1
     assert err.count("\n") == 1 and "cannot read quote" in err
 
 
-def test_inspect_without_argument_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["quote", "inspect"], capsys)
+def test_inspect_without_argument_is_usage_error(run_cli: RunCLI) -> None:
+    code, _, err = run_cli(["quote", "inspect"])
     assert code == 2
     assert "Missing argument" in err
