@@ -33,6 +33,7 @@ _COMMANDS: dict[str, str] = {
     "coordinator": "sealpod.cli.coordinator:coordinator",
     "build": "sealpod.cli.build:build",
     "inspect": "sealpod.cli.inspect:inspect",
+    "run": "sealpod.cli.run:run",
 }
 
 

@@ -1,0 +1,454 @@
+"""``sealpod run``: a confidential package's unmodified entrypoint, in the shield, attested.
+
+The steps (issue 4 §2), in this order; nothing from the package is used before step 1 passes:
+
+1. **Verify** the package: the SIGSTRUCT is valid and enclave.json measures to the signed
+   MRENCLAVE (:func:`sealpod.package.verify_package`). Anything else is refused.
+2. **Unpack** the rootfs layers into the cache keyed by their diff_ids
+   (:func:`sealpod.image.extract_cached`; digests are checked while extracting, unsafe entries
+   refused).
+3. **Activate** (with a coordinator): the TEE backend claims the package's identity (MRENCLAVE,
+   MRSIGNER, ISVPRODID, ISVSVN, DEBUG from the verified SIGSTRUCT); the coordinator client
+   makes the key pair and CSR in this process (the private key never leaves it), quotes the
+   binding and talks to the coordinator only over TLS pinned to ``coordinator_root``. Received
+   files become in-memory files of the shield (never written to host disk), received env
+   overrides the manifest's, a received argv replaces the package's. Without a coordinator only
+   the manifest's static env is used, and the run says so.
+4. **Shield**: a :class:`~sealpod.runtime.ShieldPolicy` from the enclave manifest (trusted files
+   with their hashes, allowed files, tmpfs, the secrets as memory files, volumes through the
+   :class:`~sealpod.runtime.VolumeProvider` hook), mounted as the sandbox's ``/``.
+5. **Sandbox**: bubblewrap with the shield as root, the image's user and working directory,
+   only the computed environment (passed over a memfd, never on a command line), host
+   networking. Exit code and signals pass through; the shield is unmounted on every exit path.
+6. exec the measured entrypoint, unmodified.
+
+The executed program is always the manifest's (measured) ``entrypoint``; bubblewrap 0.8 has no
+``--argv0``, so argv[0] is that path too. Host-supplied ``extra_args`` are appended to argv and
+are *not* measured: the run says so.
+
+``publish``: the sandbox shares the host's network, so a service listening on PORT is reachable
+on the host's PORT directly. ``HOST_PORT:PORT`` is accepted only with equal ports and is checked
+to be free before the start; no port mapping is performed.
+
+Known limits: allowed paths pass through to the cached tree, which other runs of the same layers
+share; encrypted volumes need a provider per volume (``volume_providers``), because the
+coordinator does not deliver volume keys yet.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from sealpod.errors import ConfigError, EnvironmentUnavailableError
+from sealpod.image import extract_cached
+from sealpod.package import (
+    Package,
+    PackageInfo,
+    open_package,
+    package_rootfs_layers,
+    verify_package,
+)
+from sealpod.runtime._run_gramine import GramineLaunch, check_gramine_environment, gramine_launch
+from sealpod.runtime.policy import ShieldPolicy
+from sealpod.runtime.sandbox import Sandbox, SandboxUser
+from sealpod.runtime.volumes import VolumeProvider
+
+__all__ = [
+    "PortMapping",
+    "PreparedRun",
+    "RunSettings",
+    "parse_publish",
+    "prepare_run",
+    "run_package",
+]
+
+_logger = logging.getLogger(__name__)
+
+TEEName = Literal["simulation", "gramine"]
+Notify = Callable[[str], None]
+
+_PUBLISH = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(?:/tcp)?$")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """``--publish HOST_PORT:PORT`` (host networking: the two must be equal)."""
+
+    host_port: int
+    port: int
+
+
+def parse_publish(spec: str) -> PortMapping:
+    """Parse ``HOST_PORT:PORT``, ``PORT`` or ``PORT/tcp``.
+
+    Raises:
+        ConfigError: not that shape, a port out of 1..65535, or two different ports (the
+            sandbox uses the host's network; there is no port mapping).
+    """
+    match = _PUBLISH.fullmatch(spec.strip())
+    if match is None:
+        raise ConfigError(f"--publish {spec!r}: expected HOST_PORT:PORT")
+    port = int(match.group(2))
+    host_port = int(match.group(1)) if match.group(1) else port
+    for value in (host_port, port):
+        if not 1 <= value <= 0xFFFF:
+            raise ConfigError(f"--publish {spec!r}: port {value} is out of range")
+    if host_port != port:
+        raise ConfigError(
+            f"--publish {spec!r}: the sandbox shares the host's network, so the service "
+            f"listens on the host's port {port} itself; port mapping is not supported"
+        )
+    return PortMapping(host_port, port)
+
+
+def _check_port_free(mapping: PortMapping) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", mapping.host_port))  # noqa: S104 (a probe, closed at once)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"--publish {mapping.host_port}:{mapping.port}: port {mapping.host_port} "
+                    "is already in use on the host"
+                ) from exc
+            raise ConfigError(f"--publish: cannot probe port {mapping.host_port}: {exc}") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """What ``sealpod run`` was asked to do (the CLI's flags, as a value)."""
+
+    package: Path
+    coordinator: str | None = None
+    coordinator_root: Path | None = None
+    service: str | None = None
+    instance: str | None = None
+    tee: TEEName = "simulation"
+    sim_dir: Path | None = None
+    publish: tuple[PortMapping, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+    gramine_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.tee not in ("simulation", "gramine"):
+            raise ConfigError(f"unknown TEE {self.tee!r} (use simulation or gramine)")
+        if self.coordinator is None:
+            if self.coordinator_root is not None or self.service is not None:
+                raise ConfigError("--coordinator-root and --service need --coordinator")
+        else:
+            if not self.coordinator.startswith("https://"):
+                raise ConfigError(f"--coordinator {self.coordinator!r} must be an https:// URL")
+            if self.coordinator_root is None:
+                raise ConfigError(
+                    "--coordinator needs --coordinator-root (the pinned root certificate, "
+                    "from `sealpod verify`)"
+                )
+            if not self.service:
+                raise ConfigError("--coordinator needs --service (the manifest's service name)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedRun:
+    """A verified, unpacked, activated package ready to start. ``policy`` holds the secrets."""
+
+    info: PackageInfo
+    simulated: bool
+    rootfs: Path
+    policy: ShieldPolicy = field(repr=False)
+    sandbox: Sandbox = field(repr=False)
+    activated: bool
+
+
+def _say(notify: Notify, simulated: bool, text: str) -> None:
+    notify(f"sealpod run{' [SIMULATED]' if simulated else ''}: {text}")
+
+
+def _default_notify(text: str) -> None:
+    _logger.info("%s", text)
+
+
+def _verified(path: Path) -> tuple[Package, PackageInfo]:
+    package = open_package(path)
+    return package, verify_package(package)
+
+
+def _activation(
+    settings: RunSettings, info: PackageInfo, notify: Notify, simulated: bool
+) -> tuple[dict[str, bytes], dict[str, str], list[str] | None]:
+    """Activate at the coordinator; returns (files, env, argv). Imports lazily (start-up time)."""
+    from sealpod.coordinator.client import activate
+    from sealpod.tee import EnclaveIdentity, SimulatedPlatform, SimulationBackend
+    from sealpod.tee.simulation import default_platform_dir
+
+    if settings.coordinator is None or settings.coordinator_root is None or not settings.service:
+        raise ConfigError("activation needs --coordinator, --coordinator-root and --service")
+    try:
+        root_pem = settings.coordinator_root.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read --coordinator-root {settings.coordinator_root}: {exc.strerror or exc}"
+        ) from exc
+    identity = EnclaveIdentity(
+        mr_enclave=bytes.fromhex(info.mrenclave),
+        mr_signer=bytes.fromhex(info.mrsigner),
+        isv_prod_id=info.isv_prod_id,
+        isv_svn=info.isv_svn,
+        debug=info.debug,
+    )
+    platform_dir = settings.sim_dir if settings.sim_dir is not None else default_platform_dir()
+    if not platform_dir.is_dir():
+        raise EnvironmentUnavailableError(
+            f"no simulated SGX platform at {platform_dir} (create one with `sealpod sim init`)"
+        )
+    backend = SimulationBackend(SimulatedPlatform.load(platform_dir), identity)
+    instance = settings.instance or secrets.token_hex(6)
+    _say(
+        notify,
+        simulated,
+        f"activating service {settings.service!r} instance {instance!r} at "
+        f"{settings.coordinator} (TLS pinned to {settings.coordinator_root})",
+    )
+    result = activate(settings.coordinator, root_pem, settings.service, instance, backend)
+    _say(
+        notify,
+        simulated,
+        f"activated: certificate for {result.certificate.subject.rfc4514_string()}, "
+        f"{len(result.files)} file(s) and {len(result.env)} variable(s) received into memory"
+        + (", argv replaced by the service's" if result.argv is not None else ""),
+    )
+    return dict(result.files), dict(result.env), result.argv
+
+
+def _check_volumes(
+    declared: Mapping[str, str], providers: Mapping[str, VolumeProvider]
+) -> dict[str, VolumeProvider]:
+    """Volume mount path -> provider, for every volume the manifest declares.
+
+    Raises:
+        ConfigError: a declared volume has no provider, or a provider names no declared volume.
+    """
+    unknown = sorted(set(providers) - set(declared))
+    if unknown:
+        raise ConfigError(f"volume provider for undeclared volume(s): {', '.join(unknown)}")
+    missing = sorted(set(declared) - set(providers))
+    if missing:
+        # The hook: the encrypted-volume provider (sealpod.runtime.encrypted_volume) needs the
+        # volume key, which the coordinator does not deliver at activation yet.
+        raise ConfigError(
+            f"the package declares encrypted volume(s) {', '.join(missing)} but no volume key "
+            "is available (volume keys from activation are not implemented yet)"
+        )
+    return {declared[name]: provider for name, provider in providers.items()}
+
+
+def prepare_run(
+    settings: RunSettings,
+    *,
+    notify: Notify = _default_notify,
+    volume_providers: Mapping[str, VolumeProvider] | None = None,
+) -> PreparedRun:
+    """Steps 1-4 of the module docstring: everything up to starting the sandbox.
+
+    Raises:
+        VerificationError: the package fails verification (``sigstruct_*``,
+            ``package_mrenclave_mismatch``...), a layer fails its digest or holds an unsafe
+            entry, or the coordinator refuses the evidence.
+        RequestRefusedError: the coordinator refuses the activation otherwise.
+        ConfigError: bad settings, a port in use, a secret path clashing with a trusted one.
+        NetworkError: the coordinator cannot be reached or fails TLS against the pin.
+        EnvironmentUnavailableError: no simulated platform.
+    """
+    simulated = settings.tee == "simulation"
+    package, info = _verified(settings.package)
+    _say(
+        notify,
+        simulated,
+        f"package {settings.package} verified: MRENCLAVE {info.mrenclave}, "
+        f"MRSIGNER {info.mrsigner}, {info.trusted_files} trusted files",
+    )
+    for mapping in settings.publish:
+        _check_port_free(mapping)
+    rootfs = package_rootfs_layers(package)
+    tree = extract_cached(rootfs.image, settings.cache_dir)
+    manifest = rootfs.manifest
+    files: dict[str, bytes] = {}
+    env = dict(manifest.env)
+    argv = list(manifest.argv)
+    activated = settings.coordinator is not None
+    if activated:
+        files, received_env, service_argv = _activation(settings, info, notify, simulated)
+        env.update(received_env)
+        if service_argv:
+            argv = service_argv
+    else:
+        _say(
+            notify,
+            simulated,
+            "no --coordinator: running WITHOUT attestation or secrets, with the package's "
+            "static environment only",
+        )
+    if settings.extra_args:
+        _say(
+            notify,
+            simulated,
+            f"appending {len(settings.extra_args)} argument(s) from the command line "
+            "(host input, not measured)",
+        )
+        argv += settings.extra_args
+    argv[0] = manifest.entrypoint
+    providers = _check_volumes(manifest.volumes, dict(volume_providers or {}))
+    owner = (manifest.user.uid, manifest.user.gid)
+    policy = ShieldPolicy(
+        backing_root=tree,
+        trusted=manifest.trusted_digests(),
+        allowed=frozenset(manifest.allowed_files),
+        tmpfs=manifest.tmpfs,
+        memory_files=files,
+        volumes=providers,
+        owner=owner,
+    )
+    sandbox = Sandbox(
+        argv=argv,
+        env=env,
+        cwd=manifest.working_dir,
+        user=SandboxUser(*owner),
+        share_net=True,
+    )
+    return PreparedRun(
+        info=info,
+        simulated=simulated,
+        rootfs=tree,
+        policy=policy,
+        sandbox=sandbox,
+        activated=activated,
+    )
+
+
+def _run_gramine(settings: RunSettings, notify: Notify) -> int:
+    check_gramine_environment()
+    if settings.gramine_key is None:
+        raise ConfigError("--tee gramine needs --gramine-key (the enclave signing key)")
+    package, info = _verified(settings.package)
+    _say(notify, False, f"package verified: MRENCLAVE (simulation) {info.mrenclave}")
+    tree = extract_cached(package_rootfs_layers(package).image, settings.cache_dir)
+
+    with tempfile.TemporaryDirectory(prefix="sealpod-gramine-") as work:
+        launch: GramineLaunch = gramine_launch(
+            rootfs=tree,
+            work_dir=Path(work),
+            signing_key=settings.gramine_key,
+            argv=settings.extra_args,
+        )
+        launch.manifest_path.write_text(package.gramine_manifest, encoding="utf-8")
+        signed = subprocess.run(launch.sign, check=False)
+        if signed.returncode != 0:
+            raise EnvironmentUnavailableError("gramine-sgx-sign failed")
+        _say(notify, False, "starting gramine-sgx")
+        return subprocess.run(launch.run, check=False).returncode
+
+
+def run_package(
+    package_path: str | os.PathLike[str],
+    *,
+    coordinator: str | None = None,
+    coordinator_root: str | os.PathLike[str] | None = None,
+    service: str | None = None,
+    instance: str | None = None,
+    tee: TEEName = "simulation",
+    sim_dir: str | os.PathLike[str] | None = None,
+    publish: Sequence[str | PortMapping] = (),
+    extra_args: Sequence[str] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    gramine_key: str | os.PathLike[str] | None = None,
+    volume_providers: Mapping[str, VolumeProvider] | None = None,
+    notify: Notify = _default_notify,
+    stdin: int | IO[Any] | None = None,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+) -> int:
+    """Run a confidential package's unmodified entrypoint (see the module docstring).
+
+    Args:
+        package_path: the package (an OCI layout directory from ``sealpod build``).
+        coordinator: ``https://HOST:PORT`` of the coordinator to activate at (None: no
+            attestation, no secrets; only the manifest's static env).
+        coordinator_root: PEM file of the coordinator's pinned root certificate.
+        service: the deployment manifest's service name.
+        instance: this instance's id (default: random).
+        tee: ``simulation`` (the simulated SGX platform claims the package's identity) or
+            ``gramine`` (Gramine-SGX on hardware).
+        sim_dir: the simulated platform's directory (default ``$SEALPOD_SIM_DIR`` or the
+            user's data dir).
+        publish: ``HOST_PORT:PORT`` checks (host networking; see the module docstring).
+        extra_args: arguments appended to argv (host input, not measured).
+        cache_dir: the unpack cache root (default ``$SEALPOD_CACHE_DIR`` or the user's cache).
+        gramine_key: the enclave key ``gramine-sgx-sign`` signs with (``tee="gramine"``).
+        volume_providers: encrypted volume name -> provider (the volume hook).
+        notify: receives one human-readable progress line at a time (simulation lines say
+            SIMULATED).
+        stdin: the application's stdin (default: inherited).
+        stdout: the application's stdout (default: inherited).
+        stderr: the application's stderr (default: inherited).
+
+    Returns:
+        The application's exit status (128+N when killed by signal N).
+
+    Raises:
+        VerificationError: the package or a layer fails verification, or the coordinator
+            refuses the evidence: nothing runs.
+        RequestRefusedError: the coordinator refuses the activation: nothing runs.
+        ConfigError: bad arguments, a port in use, a missing root certificate.
+        NetworkError: the coordinator cannot be reached.
+        EnvironmentUnavailableError: FUSE, bubblewrap, the simulated platform or (gramine)
+            SGX is unavailable.
+    """
+    settings = RunSettings(
+        package=Path(package_path),
+        coordinator=coordinator,
+        coordinator_root=None if coordinator_root is None else Path(coordinator_root),
+        service=service,
+        instance=instance,
+        tee=tee,
+        sim_dir=None if sim_dir is None else Path(sim_dir),
+        publish=tuple(p if isinstance(p, PortMapping) else parse_publish(p) for p in publish),
+        extra_args=tuple(extra_args),
+        cache_dir=None if cache_dir is None else Path(cache_dir),
+        gramine_key=None if gramine_key is None else Path(gramine_key),
+    )
+    if settings.tee == "gramine":
+        return _run_gramine(settings, notify)
+    prepared = prepare_run(settings, notify=notify, volume_providers=volume_providers)
+    from sealpod.runtime.shield import Shield
+
+    with Shield(prepared.policy) as shield:
+        _say(
+            notify,
+            prepared.simulated,
+            f"starting {prepared.sandbox.argv[0]} as {prepared.policy.owner[0]}:"
+            f"{prepared.policy.owner[1]} in the sandbox (shield at {shield.mountpoint})",
+        )
+        sandbox = Sandbox(
+            argv=prepared.sandbox.argv,
+            root=shield.mountpoint,
+            env=prepared.sandbox.env,
+            cwd=prepared.sandbox.cwd,
+            user=prepared.sandbox.user,
+            share_net=True,
+        )
+        del prepared
+        status = sandbox.run(stdin=stdin, stdout=stdout, stderr=stderr)
+    _say(notify, settings.tee == "simulation", f"the application exited with status {status}")
+    return status
