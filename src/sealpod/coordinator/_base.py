@@ -811,6 +811,34 @@ class CoordinatorBase:
             )
             raise
 
+    def authenticate_service(
+        self, header: str | None, *, method: str, target: str, body: bytes
+    ) -> tuple[str, str]:
+        """The ``(service, instance)`` whose activation key signed this request.
+
+        Raises:
+            RequestRefusedError: 401 (see :meth:`RequestAuthenticator.authenticate_service`),
+                ``no_manifest`` (409), ``recovery_mode`` (503).
+        """
+        info, ca = self._deployment()
+        if info is None:
+            raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
+        try:
+            return self._auth.authenticate_service(
+                header,
+                method=method,
+                target=target,
+                body=body,
+                ca=ca,
+                root_sha256=ca.root_certificate.fingerprint(hashes.SHA256()),
+                now=self._now(),
+            )
+        except RequestRefusedError as exc:
+            self._audit_refusal(
+                {"type": "request_refused", "method": method, "target": target[:200]}, exc
+            )
+            raise
+
     @staticmethod
     def _authorize(manifest: Manifest, user: str, resource: str, name: str, action: str) -> None:
         spec = manifest.users.get(user)

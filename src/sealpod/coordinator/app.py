@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sealpod import __version__
-from sealpod.coordinator.auth import AUTH_SCHEME
+from sealpod.coordinator.auth import AUTH_SCHEME, SERVICE_AUTH_SCHEME
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.coordinator.metrics import CONTENT_TYPE
 from sealpod.coordinator.service import (
@@ -33,6 +33,7 @@ from sealpod.coordinator.service import (
     Coordinator,
     UpdateStatus,
     UserSecretUpload,
+    VolumeTag,
     encode_files,
 )
 from sealpod.coordinator.settings import CoordinatorSettings
@@ -80,6 +81,10 @@ class ErrorBody(_Model):
 
     code: str
     message: str
+    kind: Literal["evidence", "request"] = Field(
+        default="request",
+        description="evidence: untrusted evidence failed a check; request: anything else",
+    )
     problems: list[dict[str, str]] | None = None
 
 
@@ -233,6 +238,21 @@ class PackageSVNRequest(_Model):
     min_isv_svn: Annotated[int, Field(ge=0, le=0xFFFF)]
 
 
+class VolumeTagRequest(_Model):
+    """``PUT /api/v1/volumes/{name}/tag``: compare-and-swap of the pin."""
+
+    expected_version: Annotated[int, Field(ge=0)]
+    tag: Annotated[str, Field(pattern=_HEX, max_length=128, description="hex, 1-64 bytes")]
+
+
+class VolumeTagResponse(_Model):
+    """The pinned state of a volume (version 0 and no tag until first set)."""
+
+    volume: str
+    version: int
+    tag: str | None
+
+
 class PendingUpdateResponse(_Model):
     """``GET /api/v1/manifest/updates``."""
 
@@ -277,8 +297,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # -- errors ------------------------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message}
+def _error(
+    status: int, code: str, message: str, *, kind: str = "request", **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message, "kind": kind}
     body.update(extra)
     return JSONResponse(status_code=status, content={"error": body})
 
@@ -298,17 +320,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _refused(_request: Request, exc: RequestRefusedError) -> JSONResponse:
         response = _error(exc.status, exc.code, str(exc))
         if exc.status == 401:
-            response.headers["WWW-Authenticate"] = AUTH_SCHEME
+            response.headers["WWW-Authenticate"] = f"{AUTH_SCHEME}, {SERVICE_AUTH_SCHEME}"
         return response
 
     @app.exception_handler(VerificationError)
     async def _verification(_request: Request, exc: VerificationError) -> JSONResponse:
         status = 400 if exc.reason in _BAD_REQUEST_REASONS else 403
-        return _error(status, exc.reason, str(exc))
+        return _error(status, exc.reason, str(exc), kind="evidence")
 
     @app.exception_handler(QuoteFormatError)
     async def _quote_format(_request: Request, exc: QuoteFormatError) -> JSONResponse:
-        return _error(400, "malformed_quote", str(exc))
+        return _error(400, "malformed_quote", str(exc), kind="evidence")
 
     @app.exception_handler(ManifestValidationError)
     async def _manifest(_request: Request, exc: ManifestValidationError) -> JSONResponse:
@@ -417,6 +439,16 @@ class _BodyLimit:
 
 
 # -- the app -----------------------------------------------------------------------------------
+
+
+def _target(request: Request) -> str:
+    """The request target as the client sent (and signed) it: raw path and query."""
+    raw_path = request.scope.get("raw_path")
+    target = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else request.url.path
+    query = request.scope.get("query_string", b"")
+    if query:
+        target += "?" + bytes(query).decode("latin-1")
+    return target
 
 
 def _pem(certificate: Any) -> str:
@@ -576,11 +608,7 @@ def create_app(
     signed_errors: dict[int | str, dict[str, Any]] = {**_ERRORS, 401: {"model": ErrorResponse}}
 
     async def _user(request: Request, body: bytes) -> str:
-        raw_path = request.scope.get("raw_path")
-        target = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else request.url.path
-        query = request.scope.get("query_string", b"")
-        if query:
-            target += "?" + bytes(query).decode("latin-1")
+        target = _target(request)
         return await run_in_threadpool(
             core.authenticate,
             request.headers.get("authorization"),
@@ -730,6 +758,78 @@ def create_app(
             raise RequestValidationError(exc.errors()) from exc
         status = await run_in_threadpool(core.raise_min_isv_svn, user, package, parsed.min_isv_svn)
         return _update(status)
+
+    service_description = (
+        "Signed by a service instance with its activation key: Authorization: "
+        "Sealpod-Service-Signature (sealpod.coordinator.auth)."
+    )
+
+    async def _service(request: Request, body: bytes) -> tuple[str, str]:
+        target = _target(request)
+        return await run_in_threadpool(
+            core.authenticate_service,
+            request.headers.get("authorization"),
+            method=request.method,
+            target=target,
+            body=body,
+        )
+
+    def _tag(tag: VolumeTag) -> VolumeTagResponse:
+        return VolumeTagResponse(
+            volume=tag.volume,
+            version=tag.version,
+            tag=None if tag.tag is None else tag.tag.hex(),
+        )
+
+    @app.get(
+        "/api/v1/volumes/{name}/tag",
+        response_model=VolumeTagResponse,
+        description=service_description,
+        responses=signed_errors,
+    )
+    async def get_volume_tag(name: str, request: Request) -> VolumeTagResponse:
+        service, instance = await _service(request, await request.body())
+        return _tag(await run_in_threadpool(core.volume_tag, service, instance, name))
+
+    @app.put(
+        "/api/v1/volumes/{name}/tag",
+        response_model=VolumeTagResponse,
+        description=service_description + " Compare-and-swap: expected_version must be current.",
+        responses=signed_errors,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": VolumeTagRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def set_volume_tag(name: str, request: Request) -> VolumeTagResponse:
+        body = await request.body()
+        service, instance = await _service(request, body)
+        try:
+            parsed = VolumeTagRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from exc
+        tag = await run_in_threadpool(
+            lambda: core.set_volume_tag(
+                service,
+                instance,
+                name,
+                expected_version=parsed.expected_version,
+                tag=bytes.fromhex(parsed.tag),
+            )
+        )
+        return _tag(tag)
+
+    @app.post(
+        "/api/v1/volumes/{name}/reset",
+        response_model=VolumeTagResponse,
+        description=signed_description + " Clears the volume's pinned tag.",
+        responses=signed_errors,
+    )
+    async def reset_volume(name: str, request: Request) -> VolumeTagResponse:
+        user = await _user(request, await request.body())
+        return _tag(await run_in_threadpool(core.reset_volume, user, name))
 
     @app.get("/api/v1/audit", response_model=AuditResponse, responses=_ERRORS)
     def audit(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import re
 import secrets
@@ -42,20 +43,27 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from sealpod.coordinator.errors import RequestRefusedError
+from sealpod.errors import VerificationError
 from sealpod.manifest import Manifest, User
+from sealpod.pki import CoordinatorCA, verify_chain
 
 __all__ = [
     "AUTH_SCHEME",
     "DEFAULT_WINDOW",
+    "SERVICE_AUTH_SCHEME",
     "RequestAuthenticator",
     "UserPrivateKey",
     "UserPublicKey",
     "authorization_header",
+    "service_authorization_header",
     "signing_string",
     "user_public_key",
 ]
 
 AUTH_SCHEME = "Sealpod-Signature"
+#: The scheme of requests signed by a service instance with its activation key.
+SERVICE_AUTH_SCHEME = "Sealpod-Service-Signature"
+_SERVICE_URI_PREFIX = "sealpod://service/"
 #: Seconds a signed request stays acceptable (either side of the coordinator's clock).
 DEFAULT_WINDOW = 300
 _LABEL = "sealpod-request-v1"
@@ -152,12 +160,12 @@ def _unauthorised(code: str, message: str) -> RequestRefusedError:
     return RequestRefusedError(code, message, status=401)
 
 
-def _parse(header: str | None) -> _Header:
+def _parse(header: str | None, scheme: str = AUTH_SCHEME, who: str = "user") -> _Header:
     if not header:
-        raise _unauthorised("auth_missing", f"sign the request ({AUTH_SCHEME})")
-    scheme, _, rest = header.strip().partition(" ")
-    if scheme != AUTH_SCHEME:
-        raise _unauthorised("auth_malformed", f"use the {AUTH_SCHEME} scheme")
+        raise _unauthorised("auth_missing", f"sign the request ({scheme})")
+    given, _, rest = header.strip().partition(" ")
+    if given != scheme:
+        raise _unauthorised("auth_malformed", f"use the {scheme} scheme")
     params: dict[str, str] = {}
     position = 0
     while position < len(rest):
@@ -166,8 +174,8 @@ def _parse(header: str | None) -> _Header:
             raise _unauthorised("auth_malformed", "bad Authorization parameters")
         params[match.group(1)] = match.group(2)
         position = match.end()
-    if set(params) != {"user", "time", "nonce", "signature"}:
-        raise _unauthorised("auth_malformed", "user, time, nonce and signature are required")
+    if set(params) != {who, "time", "nonce", "signature"}:
+        raise _unauthorised("auth_malformed", f"{who}, time, nonce and signature are required")
     if not params["time"].isdigit() or len(params["time"]) > 12:
         raise _unauthorised("auth_malformed", "time must be epoch seconds")
     if not _NONCE_RE.fullmatch(params["nonce"]):
@@ -177,7 +185,7 @@ def _parse(header: str | None) -> _Header:
     except binascii.Error as exc:
         raise _unauthorised("auth_malformed", "signature must be base64") from exc
     return _Header(
-        user=params["user"], time=int(params["time"]), nonce=params["nonce"], signature=signature
+        user=params[who], time=int(params["time"]), nonce=params["nonce"], signature=signature
     )
 
 
@@ -211,6 +219,62 @@ class RequestAuthenticator:
         user = table.get(parsed.user)
         if user is None:
             raise _unauthorised("unknown_user", "no such user in the manifest")
+        self._check(parsed, user_public_key(user), method, target, body, root_sha256, now, "user")
+        return parsed.user
+
+    def authenticate_service(
+        self,
+        header: str | None,
+        *,
+        method: str,
+        target: str,
+        body: bytes,
+        ca: CoordinatorCA,
+        root_sha256: bytes,
+        now: float,
+    ) -> tuple[str, str]:
+        """The ``(service, instance)`` whose activation key signed this request.
+
+        The header is ``Sealpod-Service-Signature cert="<base64 DER leaf>", time, nonce,
+        signature`` (same signing string as users); the leaf must chain through the mesh
+        bundle to the root at ``now`` and carry a ``sealpod://service/S/I`` URI.
+
+        Raises:
+            RequestRefusedError: 401 (``auth_missing``, ``auth_malformed``,
+                ``certificate_invalid``, ``signature_invalid``, ``request_expired``,
+                ``request_replayed``).
+        """
+        parsed = _parse(header, SERVICE_AUTH_SCHEME, "cert")
+        try:
+            leaf = x509.load_der_x509_certificate(base64.b64decode(parsed.user, validate=True))
+        except (ValueError, binascii.Error) as exc:
+            raise _unauthorised("auth_malformed", "cert must be a base64 DER certificate") from exc
+        moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        try:
+            verify_chain(leaf, ca.trust_bundle(), ca.root_certificate, moment,
+                         require_client_auth=True)  # fmt: skip
+        except VerificationError as exc:
+            raise _unauthorised("certificate_invalid", "not a current mesh certificate") from exc
+        identity = _service_of(leaf)
+        key = leaf.public_key()
+        if not isinstance(
+            key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+        ):
+            raise _unauthorised("certificate_invalid", "unsupported key type")
+        self._check(parsed, key, method, target, body, root_sha256, now, "/".join(identity))
+        return identity
+
+    def _check(
+        self,
+        parsed: _Header,
+        key: UserPublicKey,
+        method: str,
+        target: str,
+        body: bytes,
+        root_sha256: bytes,
+        now: float,
+        who: str,
+    ) -> None:
         if abs(now - parsed.time) > self._window:
             raise _unauthorised("request_expired", "the request time is outside the window")
         data = signing_string(
@@ -222,12 +286,12 @@ class RequestAuthenticator:
             root_sha256=root_sha256,
         )
         try:
-            _verify(user_public_key(user), parsed.signature, data)
+            _verify(key, parsed.signature, data)
         except InvalidSignature as exc:
             raise _unauthorised("signature_invalid", "the signature does not verify") from exc
-        key = (parsed.user, parsed.nonce)
+        seen_key = (who, parsed.nonce)
         with self._lock:
-            expiry = self._seen.get(key)
+            expiry = self._seen.get(seen_key)
             if expiry is not None and expiry >= now:
                 raise _unauthorised("request_replayed", "this signed request was already used")
             if len(self._seen) >= self._capacity:
@@ -237,5 +301,41 @@ class RequestAuthenticator:
                     raise RequestRefusedError(
                         "too_many_requests", "too many signed requests", status=503
                     )
-            self._seen[key] = parsed.time + self._window
-        return parsed.user
+            self._seen[seen_key] = parsed.time + self._window
+
+
+def _service_of(leaf: x509.Certificate) -> tuple[str, str]:
+    try:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise _unauthorised("certificate_invalid", "no service name in the certificate") from exc
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(_SERVICE_URI_PREFIX):
+            service, _, instance = uri[len(_SERVICE_URI_PREFIX) :].partition("/")
+            if service and instance:
+                return service, instance
+    raise _unauthorised("certificate_invalid", "no service name in the certificate")
+
+
+def service_authorization_header(
+    key: UserPrivateKey,
+    certificate: x509.Certificate,
+    *,
+    method: str,
+    target: str,
+    body: bytes,
+    root_sha256: bytes,
+    time: int,
+) -> str:
+    """The ``Authorization`` header value of a request a service instance signs with its
+    activation key (see :meth:`RequestAuthenticator.authenticate_service`)."""
+    nonce = secrets.token_hex(16)
+    data = signing_string(
+        method=method, target=target, time=time, nonce=nonce, body=body, root_sha256=root_sha256
+    )
+    signature = base64.b64encode(_sign(key, data)).decode("ascii")
+    cert = base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode("ascii")
+    return (
+        f'{SERVICE_AUTH_SCHEME} cert="{cert}", time="{time}", nonce="{nonce}", '
+        f'signature="{signature}"'
+    )

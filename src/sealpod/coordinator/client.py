@@ -37,7 +37,11 @@ from sealpod.attestation.collateral import Collateral
 from sealpod.attestation.pccs import PCCSClient
 from sealpod.attestation.policy import AppraisalPolicy
 from sealpod.attestation.verify import VerifiedEvidence, verify_quote
-from sealpod.coordinator.auth import UserPrivateKey, authorization_header
+from sealpod.coordinator.auth import (
+    UserPrivateKey,
+    authorization_header,
+    service_authorization_header,
+)
 from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.errors import ConfigError, NetworkError, VerificationError
@@ -47,6 +51,7 @@ from sealpod.tee import SimulationBackend, TEEBackend
 __all__ = [
     "ActivationResult",
     "ManifestUpdate",
+    "PinnedVolumeTag",
     "SignedManifest",
     "UserSecret",
     "VerifiedCoordinator",
@@ -56,10 +61,13 @@ __all__ = [
     "cancel_update",
     "fetch_manifest",
     "get_secret",
+    "get_volume_tag",
     "pinned_client",
     "propose_update",
     "raise_package_svn",
+    "reset_volume",
     "set_secret",
+    "set_volume_tag",
     "submit_recovery_share",
     "verify_coordinator",
 ]
@@ -68,8 +76,6 @@ _logger = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT = 30.0
 _ACTIVATION_ATTEMPTS = 3
-# 403 answers that are about who is asking, not about evidence.
-_REFUSAL_CODES_403 = frozenset({"permission_denied"})
 _SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -139,14 +145,16 @@ def _raise_for_error(response: httpx.Response) -> None:
         return
     code = f"http_{response.status_code}"
     message = response.reason_phrase
+    kind = "request"
     try:
         body = response.json()
         error = body["error"]
         code = str(error["code"])
         message = str(error["message"])
-    except (ValueError, KeyError, TypeError):
+        kind = str(error.get("kind", "request"))
+    except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    if response.status_code == 403 and code not in _REFUSAL_CODES_403:
+    if kind == "evidence":
         # Evidence the coordinator did not accept. Its message starts with the reason already.
         raise VerificationError(code, message.removeprefix(f"{code}: "))
     raise RequestRefusedError(code, message.removeprefix(f"{code}: "), status=response.status_code)
@@ -683,6 +691,138 @@ def raise_package_svn(
             )
         )
     )
+
+
+@dataclass(frozen=True)
+class PinnedVolumeTag:
+    """A volume's pinned state as the coordinator reports it."""
+
+    volume: str
+    version: int
+    tag: bytes | None
+
+
+def _volume_tag(body: Mapping[str, Any]) -> PinnedVolumeTag:
+    try:
+        tag = body.get("tag")
+        return PinnedVolumeTag(
+            volume=str(body["volume"]),
+            version=int(body["version"]),
+            tag=None if tag is None else bytes.fromhex(str(tag)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationError("malformed_response", "unexpected volume tag document") from exc
+
+
+def _service_request(
+    url: str,
+    root_pem: bytes,
+    activation: ActivationResult,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    clock: Callable[[], float],
+    timeout: float,
+) -> httpx.Response:
+    root = x509.load_pem_x509_certificate(root_pem)
+    header = service_authorization_header(
+        activation.private_key,
+        activation.certificate,
+        method=method,
+        target=path,
+        body=body,
+        root_sha256=root.fingerprint(hashes.SHA256()),
+        time=int(clock()),
+    )
+    headers = {"authorization": header}
+    if body:
+        headers["content-type"] = "application/json"
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            return client.request(method, path, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+
+
+def get_volume_tag(
+    url: str,
+    root_pem: bytes,
+    activation: ActivationResult,
+    volume: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> PinnedVolumeTag:
+    """The pinned tag of ``volume``, asked as the activated instance ``activation``.
+
+    Raises:
+        ConfigError: a malformed volume name.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: ``volume_not_mounted``, ``not_rollback_protected``...
+    """
+    if not _SECRET_NAME_RE.fullmatch(volume):
+        raise ConfigError(f"invalid volume name {volume!r}")
+    response = _service_request(
+        url, root_pem, activation, method="GET", path=f"/api/v1/volumes/{volume}/tag",
+        body=b"", clock=clock, timeout=timeout,
+    )  # fmt: skip
+    return _volume_tag(_json(response))
+
+
+def set_volume_tag(
+    url: str,
+    root_pem: bytes,
+    activation: ActivationResult,
+    volume: str,
+    *,
+    expected_version: int,
+    tag: bytes,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> PinnedVolumeTag:
+    """Move ``volume``'s pin from ``expected_version`` to ``tag``.
+
+    Raises:
+        ConfigError: a malformed volume name.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: ``volume_tag_conflict`` (someone moved the pin: the volume here
+            is not the latest), ``volume_not_mounted``, ...
+    """
+    if not _SECRET_NAME_RE.fullmatch(volume):
+        raise ConfigError(f"invalid volume name {volume!r}")
+    body = json.dumps({"expected_version": expected_version, "tag": tag.hex()}).encode()
+    response = _service_request(
+        url, root_pem, activation, method="PUT", path=f"/api/v1/volumes/{volume}/tag",
+        body=body, clock=clock, timeout=timeout,
+    )  # fmt: skip
+    return _volume_tag(_json(response))
+
+
+def reset_volume(
+    url: str,
+    root_pem: bytes,
+    volume: str,
+    *,
+    user: str,
+    key: UserPrivateKey,
+    clock: Callable[[], float] = time.time,
+    timeout: float = _DEFAULT_TIMEOUT,
+) -> PinnedVolumeTag:
+    """Clear ``volume``'s pin as ``user`` (role ``volumes``/``reset``).
+
+    Raises:
+        ConfigError: a malformed volume name.
+        NetworkError: the coordinator cannot be reached.
+        RequestRefusedError: ``permission_denied``, ``unknown_volume``...
+    """
+    if not _SECRET_NAME_RE.fullmatch(volume):
+        raise ConfigError(f"invalid volume name {volume!r}")
+    response = _signed_request(
+        url, root_pem, method="POST", path=f"/api/v1/volumes/{volume}/reset", body=b"",
+        user=user, key=key, clock=clock, timeout=timeout,
+    )  # fmt: skip
+    return _volume_tag(_json(response))
 
 
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:

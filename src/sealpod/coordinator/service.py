@@ -2,7 +2,7 @@
 
 :class:`Coordinator` is assembled from one base and feature mixins, one module each:
 ``_base`` (state, storage, PKI, manifest, users, audit), ``_activation``, ``_governance``
-(updates, SVN raises), ``_recovery`` and ``_user_secrets``.
+(updates, SVN raises), ``_recovery``, ``_user_secrets`` and ``_volumes`` (rollback pins).
 
 States (issue 3 §2)::
 
@@ -44,6 +44,7 @@ from sealpod.coordinator._base import (
 from sealpod.coordinator._governance import GovernanceMixin
 from sealpod.coordinator._recovery import RecoveryMixin
 from sealpod.coordinator._user_secrets import UserSecretsMixin
+from sealpod.coordinator._volumes import VolumesMixin, VolumeTag
 
 __all__ = [
     "ActivationOutcome",
@@ -57,12 +58,13 @@ __all__ = [
     "UpdateStatus",
     "UserSecretUpload",
     "VolumeGrant",
+    "VolumeTag",
     "encode_files",
     "package_policy",
 ]
 
 
-class Coordinator(ActivationMixin, GovernanceMixin, RecoveryMixin, UserSecretsMixin):
+class Coordinator(ActivationMixin, GovernanceMixin, RecoveryMixin, UserSecretsMixin, VolumesMixin):
     """One coordinator: its TEE, its sealed state and what it serves. Thread-safe.
 
     Build with :meth:`open`.
