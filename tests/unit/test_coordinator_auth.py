@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 from typing import Any
 
@@ -10,9 +11,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from sealpod.coordinator.auth import RequestAuthenticator, authorization_header
+from sealpod.coordinator.auth import (
+    RequestAuthenticator,
+    authorization_header,
+    service_authorization_header,
+)
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.manifest import User
+from sealpod.pki import CoordinatorCA
 
 ROOT_SHA256 = hashlib.sha256(b"coordinator root").digest()
 OTHER_ROOT_SHA256 = hashlib.sha256(b"another coordinator").digest()
@@ -168,3 +174,77 @@ def test_replayed_request_is_refused() -> None:
     assert caught.value.code == "request_replayed"
     # A fresh signature (new nonce) of the same request is fine.
     assert _check(_header(), authenticator=authenticator) == "alice"
+
+
+# -- requests signed by a service instance ---------------------------------------------------
+
+
+def _service_leaf(ca: Any, key: Any, at: datetime.datetime) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
+        .sign(key, hashes.SHA256())
+    )
+    return ca.issue_leaf(csr, service="web", instance="w0", simulated=False, now=at)
+
+
+MOMENT = datetime.datetime.fromtimestamp(NOW, datetime.UTC)
+MESH = CoordinatorCA.create(now=MOMENT - datetime.timedelta(days=1))
+OTHER_MESH = CoordinatorCA.create(now=MOMENT - datetime.timedelta(days=1))
+SERVICE_KEY = ec.generate_private_key(ec.SECP256R1())
+LEAF = _service_leaf(MESH, SERVICE_KEY, MOMENT)
+
+
+def _service_check(header: str, ca: Any = MESH, now: float = NOW) -> tuple[str, str]:
+    return RequestAuthenticator().authenticate_service(
+        header,
+        method="GET",
+        target="/api/v1/volumes/data/tag",
+        body=b"",
+        ca=ca,
+        root_sha256=ROOT_SHA256,
+        now=now,
+    )
+
+
+def _service_header(key: Any = SERVICE_KEY, leaf: Any = LEAF) -> str:
+    return service_authorization_header(
+        key,
+        leaf,
+        method="GET",
+        target="/api/v1/volumes/data/tag",
+        body=b"",
+        root_sha256=ROOT_SHA256,
+        time=NOW,
+    )
+
+
+def test_service_request_names_its_service_and_instance() -> None:
+    assert _service_check(_service_header()) == ("web", "w0")
+
+
+def test_service_request_with_a_certificate_of_another_coordinator_is_refused() -> None:
+    with pytest.raises(RequestRefusedError) as caught:
+        _service_check(_service_header(), ca=OTHER_MESH)
+    assert caught.value.code == "certificate_invalid"
+
+
+def test_service_request_with_an_expired_certificate_is_refused() -> None:
+    much_later = NOW + 400 * 24 * 3600
+    leaf = _service_leaf(MESH, SERVICE_KEY, MOMENT)
+    header = service_authorization_header(
+        SERVICE_KEY, leaf, method="GET", target="/api/v1/volumes/data/tag", body=b"",
+        root_sha256=ROOT_SHA256, time=much_later,
+    )  # fmt: skip
+    with pytest.raises(RequestRefusedError) as caught:
+        _service_check(header, now=much_later)
+    assert caught.value.code == "certificate_invalid"
+
+
+def test_service_request_signed_by_another_key_is_refused() -> None:
+    with pytest.raises(RequestRefusedError) as caught:
+        _service_check(_service_header(key=ec.generate_private_key(ec.SECP256R1())))
+    assert caught.value.code == "signature_invalid"
