@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -46,7 +46,9 @@ class GramineLaunch:
 
 
 def check_gramine_environment(
-    *, which: str | None = None, devices: Sequence[str] = SGX_DEVICES
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    devices: Sequence[str] = SGX_DEVICES,
 ) -> str:
     """The path of ``gramine-sgx``; raise when it or the SGX enclave device is missing.
 
@@ -54,7 +56,7 @@ def check_gramine_environment(
         EnvironmentUnavailableError: ``gramine-sgx`` is not installed or ``/dev/sgx_enclave``
             does not exist (no SGX hardware or driver).
     """
-    program = which if which is not None else shutil.which("gramine-sgx")
+    program = which("gramine-sgx")
     if program is None:
         raise EnvironmentUnavailableError(
             "--tee gramine needs gramine-sgx (Debian package gramine) and SGX hardware; "
