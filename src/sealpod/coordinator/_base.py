@@ -366,7 +366,11 @@ class CoordinatorBase:
         except StoreSealedError as exc:
             _logger.error("the sealed state cannot be unsealed; entering recovery: %s", exc)
             return cls(settings, backend, None, sealed_error=exc, sealing_key=sealing_key)
-        return cls(settings, backend, store, sealing_key=sealing_key)
+        try:
+            return cls(settings, backend, store, sealing_key=sealing_key)
+        except BaseException:
+            store.close()
+            raise
 
     def _load_or_initialise(self, store: SealedStateStore) -> None:
         now = self._now_datetime()
