@@ -1,8 +1,24 @@
 """The coordinator: sealpod's attested control plane (issue 3; DESIGN.md).
 
 Server side: :func:`create_app` (FastAPI) over a :class:`Coordinator` (state machine, PKI,
-manifest, activation, audit), served over HTTPS by :class:`CoordinatorServer`. Client side:
-:func:`verify_coordinator` (attest and pin the root) and :func:`activate`.
+manifest, activation, governance, user secrets, volume pins, recovery, audit, metrics), served
+over HTTPS by :class:`CoordinatorServer` with a certificate of its own root.
+
+Client side (every call after the first talks TLS pinned to the attested root):
+:func:`verify_coordinator` (attest, return the root to pin), :func:`activate` (a service
+instance), :func:`fetch_manifest`, :func:`set_secret` / :func:`get_secret`,
+:func:`propose_update` / :func:`approve_update` / :func:`cancel_update`,
+:func:`raise_package_svn`, :func:`get_volume_tag` / :func:`set_volume_tag` /
+:func:`reset_volume`, :func:`submit_recovery_share`.
+
+HTTP API (JSON; errors ``{"error": {"code", "message", "kind"}}``; OpenAPI at
+``/openapi.json``): ``GET /api/v1/status``, ``GET /api/v1/quote?nonce=``,
+``POST|GET /api/v1/manifest``, ``POST /api/v1/activation/nonce``, ``POST /api/v1/activation``,
+``PUT|GET /api/v1/secrets/{name}`` (user-signed), ``POST|GET /api/v1/manifest/updates``,
+``POST /api/v1/manifest/updates/{id}/approve|cancel``, ``POST /api/v1/packages/{name}/min-isv-svn``
+(user-signed), ``GET|PUT /api/v1/volumes/{name}/tag`` (service-signed),
+``POST /api/v1/volumes/{name}/reset`` (user-signed), ``POST /api/v1/recover``,
+``GET /api/v1/audit``, ``GET /metrics``, ``GET /healthz``.
 """
 
 from sealpod.coordinator.app import create_app
