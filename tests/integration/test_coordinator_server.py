@@ -37,6 +37,7 @@ from sealpod.coordinator import (
     RequestRefusedError,
     activate,
     coordinator_identity,
+    fetch_audit,
     fetch_manifest,
     get_secret,
     get_volume_tag,
@@ -753,3 +754,12 @@ def test_volume_pin_request_with_a_self_made_certificate_is_refused(coordinator:
     with pytest.raises(RequestRefusedError) as caught:
         get_volume_tag(coordinator.url, coordinator.root_pem, impostor, "data")
     assert (caught.value.status, caught.value.code) == (401, "certificate_invalid")
+
+
+def test_whole_audit_log_is_fetched_and_its_chain_checked(coordinator: Running) -> None:
+    entries, head = fetch_audit(coordinator.url, coordinator.root_pem)
+    assert head is not None
+    assert len(entries) == head.count > 5
+    assert [entry.seq for entry in entries] == list(range(head.count))
+    assert entries[0].event["type"] == "coordinator_initialized"
+    assert entries[-1].hash == head.hash

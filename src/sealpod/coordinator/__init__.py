@@ -9,7 +9,7 @@ Client side (every call after the first talks TLS pinned to the attested root):
 instance), :func:`fetch_manifest`, :func:`set_secret` / :func:`get_secret`,
 :func:`propose_update` / :func:`approve_update` / :func:`cancel_update`,
 :func:`raise_package_svn`, :func:`get_volume_tag` / :func:`set_volume_tag` /
-:func:`reset_volume`, :func:`submit_recovery_share`.
+:func:`reset_volume`, :func:`submit_recovery_share`, :func:`fetch_audit` (checks the chain).
 
 HTTP API (JSON; errors ``{"error": {"code", "message", "kind"}}``; OpenAPI at
 ``/openapi.json``): ``GET /api/v1/status``, ``GET /api/v1/quote?nonce=``,
@@ -34,6 +34,7 @@ from sealpod.coordinator.client import (
     activate,
     approve_update,
     cancel_update,
+    fetch_audit,
     fetch_manifest,
     get_secret,
     get_volume_tag,
@@ -78,6 +79,7 @@ __all__ = [
     "coordinator_identity",
     "coordinator_report_data",
     "create_app",
+    "fetch_audit",
     "fetch_manifest",
     "get_secret",
     "get_volume_tag",

@@ -46,6 +46,7 @@ from sealpod.coordinator.binding import activation_report_data, coordinator_repo
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.errors import ConfigError, NetworkError, VerificationError
 from sealpod.pki import public_key_der, verify_chain
+from sealpod.store import AuditEntry, AuditHead, verify_audit_entries
 from sealpod.tee import SimulationBackend, TEEBackend
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "activate",
     "approve_update",
     "cancel_update",
+    "fetch_audit",
     "fetch_manifest",
     "get_secret",
     "get_volume_tag",
@@ -823,6 +825,56 @@ def reset_volume(
         user=user, key=key, clock=clock, timeout=timeout,
     )  # fmt: skip
     return _volume_tag(_json(response))
+
+
+_AUDIT_PAGE = 1000
+
+
+def fetch_audit(
+    url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOUT
+) -> tuple[list[AuditEntry], AuditHead | None]:
+    """Download the whole audit log over pinned TLS and check its hash chain against the head.
+
+    The head is read first and entries are fetched up to it, so entries appended meanwhile do
+    not count as an extension; a log shorter than its head, an edited or reordered entry, a
+    broken chain are refused.
+
+    Raises:
+        NetworkError: the coordinator cannot be reached.
+        VerificationError: the chain does not verify (``audit_log_truncated``,
+            ``audit_chain_broken``, ``audit_entry_hash_mismatch``, ...) or the answer is malformed.
+        RequestRefusedError: ``recovery_mode`` and other refusals.
+    """
+    entries: list[AuditEntry] = []
+    head: AuditHead | None = None
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            first = _json(client.get("/api/v1/audit", params={"start": 0, "limit": 1}))
+            raw_head = first.get("head")
+            if raw_head is not None:
+                try:
+                    head = AuditHead(count=int(raw_head["count"]), hash=str(raw_head["hash"]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise VerificationError("malformed_response", "bad audit head") from exc
+            total = head.count if head is not None else 0
+            while len(entries) < total:
+                page = _json(
+                    client.get(
+                        "/api/v1/audit",
+                        params={
+                            "start": len(entries),
+                            "limit": min(_AUDIT_PAGE, total - len(entries)),
+                        },
+                    )
+                )
+                batch = page.get("entries")
+                if not isinstance(batch, list) or not batch:
+                    break
+                entries.extend(AuditEntry.from_dict(entry) for entry in batch)
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    verify_audit_entries(entries[: head.count] if head else entries, head)
+    return entries[: head.count] if head else entries, head
 
 
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:
