@@ -95,6 +95,11 @@ def _manifest(*, allow_simulation: bool) -> dict[str, Any]:
             },
             "single": {"package": "web", "max_instances": 1},
             "pair": {"package": "web", "max_instances": 2},
+            "cli": {
+                "package": "web",
+                "env": {"DB_KEY": "{{ secrets.db_key | hex }}"},
+                "files": {"/etc/cli.conf": "instance={{ sealpod.instance }}\n"},
+            },
             "tok": {"package": "web", "env": {"TOKEN": "{{ secrets.api_token | raw }}"}},
         },
         "secrets": {

@@ -60,6 +60,8 @@ __all__ = [
     "activate",
     "approve_update",
     "cancel_update",
+    "coordinator_certificate_chain",
+    "coordinator_status",
     "fetch_audit",
     "fetch_manifest",
     "get_secret",
@@ -68,6 +70,7 @@ __all__ = [
     "propose_update",
     "raise_package_svn",
     "reset_volume",
+    "response_json",
     "set_secret",
     "set_volume_tag",
     "submit_recovery_share",
@@ -171,6 +174,17 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise NetworkError("the coordinator answered with an unexpected JSON document")
     return body
+
+
+def response_json(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a coordinator response, or the refusal it carries as an error.
+
+    Raises:
+        VerificationError: the coordinator refused evidence (``kind: evidence``).
+        RequestRefusedError: any other refusal.
+        NetworkError: the body is not a JSON object.
+    """
+    return _json(response)
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type) -> Any:
@@ -875,6 +889,38 @@ def fetch_audit(
         raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
     verify_audit_entries(entries[: head.count] if head else entries, head)
     return entries[: head.count] if head else entries, head
+
+
+def coordinator_status(
+    url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOUT
+) -> dict[str, Any]:
+    """``GET /api/v1/status`` over pinned TLS.
+
+    Raises:
+        NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
+    """
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            return _json(client.get("/api/v1/status"))
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+
+
+def coordinator_certificate_chain(
+    url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOUT
+) -> str:
+    """The root and current mesh intermediates (PEM), over pinned TLS.
+
+    Raises:
+        NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
+        VerificationError: ``malformed_response``.
+    """
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            body = _json(client.get("/api/v1/quote", params={"nonce": secrets.token_hex(32)}))
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    return str(_field(body, "certificate_chain", str))
 
 
 def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:
