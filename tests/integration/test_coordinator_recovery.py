@@ -6,6 +6,7 @@ serves the old state again under the old root.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,53 @@ def test_recovery_share_is_refused_when_not_in_recovery(tmp_path: Path) -> None:
         with pytest.raises(RequestRefusedError) as caught:
             submit_recovery_share(running.url, running.root_pem, b"SPRS\x01" + bytes(50))
         assert (caught.value.status, caught.value.code) == (409, "not_in_recovery")
+
+
+def test_recovery_through_the_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sealpod.cli import coordinator as cli
+    from sealpod.coordinator import coordinator_identity
+
+    runner = CliRunner()
+    manifest_file = tmp_path / "manifest.json"
+    manifest_file.write_text(json.dumps(_manifest()))
+    first_platform = SimulatedPlatform.init(tmp_path / "platform-a")
+    with running_coordinator(tmp_path, first_platform, None) as first:
+        root_file = tmp_path / "root.pem"
+        root_file.write_bytes(first.root_pem)
+        result = runner.invoke(
+            cli.manifest_set,
+            ["--coordinator", first.url, "--coordinator-root", str(root_file),
+             str(manifest_file), "--shares-dir", str(tmp_path / "shares")],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.exception
+        assert sorted(p.name for p in (tmp_path / "shares").iterdir()) == [
+            "r1.share", "r2.share", "r3.share",
+        ]  # fmt: skip
+    moved = SimulatedPlatform.init(tmp_path / "platform-b")
+    for name in ("r1", "r2", "r3"):
+        key_file = tmp_path / f"{name}.key"
+        key_file.write_bytes(
+            RECOVERY_KEYS[name].private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with running_coordinator(tmp_path, moved, None) as sealed:
+        outcomes = []
+        for name in ("r2", "r3"):
+            result = runner.invoke(
+                cli.recover_command,
+                ["--coordinator", sealed.url,
+                 "--expect-mrenclave", coordinator_identity().mr_enclave.hex(),
+                 "--allow-simulation", "--sim-dir", str(moved.directory),
+                 "--share", str(tmp_path / "shares" / f"{name}.share"),
+                 "--key", str(tmp_path / f"{name}.key"), "--json"],
+            )  # fmt: skip
+            assert result.exit_code == 0, result.exception
+            outcomes.append(json.loads(result.output)["recovered"])
+        assert outcomes == [False, True]
+        with pinned_client(sealed.url, root_file.read_bytes()) as client:
+            assert client.get("/api/v1/status").json()["state"] == "accepting-services"

@@ -301,3 +301,41 @@ def test_package_svn_raise_shuts_out_old_enclave_versions(coordinator: Running) 
     assert raised == [
         {"type": "package_svn_raised", "user": "sam", "package": "signed", "min_isv_svn": 2}
     ]
+
+
+def test_update_through_the_cli(coordinator: Running, tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from sealpod.cli import coordinator as cli
+
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(coordinator.root_pem)
+    keys = {}
+    for name, key in (("alice", ALICE), ("carol", CAROL)):
+        keys[name] = tmp_path / f"{name}.key"
+        keys[name].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    new_manifest = tmp_path / "new.json"
+    new_manifest.write_text(json.dumps(_updated()))
+    common = ["--coordinator", coordinator.url, "--coordinator-root", str(root_file)]
+    runner = CliRunner()
+    proposed = runner.invoke(
+        cli.manifest_update,
+        ["propose", *common, "--user-key", str(keys["alice"]), str(new_manifest), "--json"],
+    )
+    assert proposed.exit_code == 0, proposed.exception
+    update = json.loads(proposed.output)
+    assert (update["proposer"], update["applied"]) == ("alice", False)
+    approved = runner.invoke(
+        cli.manifest_update,
+        ["approve", *common, "--user-key", str(keys["carol"]), update["id"], "--json"],
+    )
+    assert approved.exit_code == 0, approved.exception
+    assert json.loads(approved.output)["applied"] is True
+    verified = runner.invoke(cli.manifest_verify, [*common, str(new_manifest), "--json"])
+    assert json.loads(verified.output)["verified"] is True
