@@ -200,6 +200,7 @@ def _exit_after_shutdown(_signum: int, _frame: FrameType | None) -> None:
 @click.option(
     "--package-dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
+    envvar="SEALPOD_PACKAGE_DIR",
     default=None,
     help="Measure this sealpod package directory instead of the installed one.",
 )
@@ -475,8 +476,18 @@ def status_command(url: str, root_file: Path | None, as_json: bool) -> None:
 @click.command("activate")
 @coordinator_option
 @root_option
-@click.option("--service", required=True, help="The manifest's service name.")
-@click.option("--instance", required=True, help="This instance's id.")
+@click.option(
+    "--service",
+    envvar="SEALPOD_SERVICE",
+    required=True,
+    help="The manifest's service name [env SEALPOD_SERVICE].",
+)
+@click.option(
+    "--instance",
+    envvar="SEALPOD_INSTANCE",
+    required=True,
+    help="This instance's id [env SEALPOD_INSTANCE].",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -487,13 +498,38 @@ def status_command(url: str, root_file: Path | None, as_json: bool) -> None:
     "--package",
     "package_path",
     type=click.Path(exists=True, path_type=Path),
+    envvar="SEALPOD_PACKAGE",
     default=None,
     help="Claim this confidential package's identity (simulation).",
 )
-@click.option("--mrenclave", type=HexParam(32), default=None, help="Claimed MRENCLAVE.")
-@click.option("--mrsigner", type=HexParam(32), default=None, help="Claimed MRSIGNER.")
-@click.option("--isv-prod-id", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
-@click.option("--isv-svn", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
+@click.option(
+    "--mrenclave",
+    type=HexParam(32),
+    envvar="SEALPOD_MRENCLAVE",
+    default=None,
+    help="Claimed MRENCLAVE [env SEALPOD_MRENCLAVE].",
+)
+@click.option(
+    "--mrsigner",
+    type=HexParam(32),
+    envvar="SEALPOD_MRSIGNER",
+    default=None,
+    help="Claimed MRSIGNER [env SEALPOD_MRSIGNER].",
+)
+@click.option(
+    "--isv-prod-id",
+    type=click.IntRange(0, 0xFFFF),
+    envvar="SEALPOD_ISV_PROD_ID",
+    default=0,
+    show_default=True,
+)
+@click.option(
+    "--isv-svn",
+    type=click.IntRange(0, 0xFFFF),
+    envvar="SEALPOD_ISV_SVN",
+    default=0,
+    show_default=True,
+)
 @click.option(
     "--sim-dir",
     type=click.Path(file_okay=False, path_type=Path),
