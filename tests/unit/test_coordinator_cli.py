@@ -11,13 +11,10 @@ from sealpod.cli.coordinator import coordinator
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
 
 
-def test_identity_json_is_stable_and_marked_simulated() -> None:
-    runner = CliRunner()
-    first = runner.invoke(coordinator, ["identity", "--json"])
-    second = runner.invoke(coordinator, ["identity", "--json"])
-    assert first.exit_code == 0, first.output
-    data = json.loads(first.output)
-    assert data == json.loads(second.output)
+def test_identity_json_is_marked_simulated() -> None:
+    result = CliRunner().invoke(coordinator, ["identity", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
     assert len(bytes.fromhex(data["mrenclave"])) == 32
     assert data["simulated"] is True
     assert data["file_count"] > 10

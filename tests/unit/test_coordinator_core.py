@@ -143,8 +143,12 @@ def test_changed_file_changes_the_identity(tmp_path: Path) -> None:
     assert measure_distribution(tmp_path).mr_enclave != before
 
 
-def test_installed_identity_is_reproducible() -> None:
-    assert measure_distribution().mr_enclave == measure_distribution().mr_enclave
+def test_identity_does_not_depend_on_where_the_tree_is(tmp_path: Path) -> None:
+    files = {"__init__.py": b"x = 1\n", "a/b.py": b"pass\n"}
+    _tree(tmp_path / "one", files)
+    _tree(tmp_path / "elsewhere" / "two", files)
+    first = measure_distribution(tmp_path / "one")
+    assert first.mr_enclave == measure_distribution(tmp_path / "elsewhere" / "two").mr_enclave
 
 
 # -- package policy from the manifest --------------------------------------------------------
