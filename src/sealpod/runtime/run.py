@@ -45,6 +45,7 @@ import secrets
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,7 +273,9 @@ def prepare_run(
         EnvironmentUnavailableError: no simulated platform.
     """
     simulated = settings.tee == "simulation"
+    started = time.perf_counter()
     package, info = _verified(settings.package)
+    _logger.debug("timing: package verified in %.0f ms", (time.perf_counter() - started) * 1e3)
     _say(
         notify,
         simulated,
@@ -282,14 +285,18 @@ def prepare_run(
     for mapping in settings.publish:
         _check_port_free(mapping)
     rootfs = package_rootfs_layers(package)
+    mark = time.perf_counter()
     tree = extract_cached(rootfs.image, settings.cache_dir)
+    _logger.debug("timing: rootfs unpacked/cached in %.0f ms", (time.perf_counter() - mark) * 1e3)
     manifest = rootfs.manifest
     files: dict[str, bytes] = {}
     env = dict(manifest.env)
     argv = list(manifest.argv)
     activated = settings.coordinator is not None
     if activated:
+        mark = time.perf_counter()
         files, received_env, service_argv = _activation(settings, info, notify, simulated)
+        _logger.debug("timing: activation in %.0f ms", (time.perf_counter() - mark) * 1e3)
         env.update(received_env)
         if service_argv:
             argv = service_argv
@@ -431,9 +438,11 @@ def run_package(
     if settings.tee == "gramine":
         return _run_gramine(settings, notify)
     prepared = prepare_run(settings, notify=notify, volume_providers=volume_providers)
+    mark = time.perf_counter()
     from sealpod.runtime.shield import Shield
 
     with Shield(prepared.policy) as shield:
+        _logger.debug("timing: shield mounted in %.0f ms", (time.perf_counter() - mark) * 1e3)
         _say(
             notify,
             prepared.simulated,
@@ -449,6 +458,8 @@ def run_package(
             share_net=True,
         )
         del prepared
+        mark = time.perf_counter()
         status = sandbox.run(stdin=stdin, stdout=stdout, stderr=stderr)
+        _logger.debug("timing: application ran %.0f ms", (time.perf_counter() - mark) * 1e3)
     _say(notify, settings.tee == "simulation", f"the application exited with status {status}")
     return status
