@@ -768,3 +768,15 @@ def test_whole_audit_log_is_fetched_and_its_chain_checked(coordinator: Running) 
     assert [entry.seq for entry in entries] == list(range(head.count))
     assert entries[0].event["type"] == "coordinator_initialized"
     assert entries[-1].hash == head.hash
+
+
+def test_expired_collateral_is_refused(coordinator: Running) -> None:
+    # The simulated collateral is valid for 30 days (DEFAULT_COLLATERAL_VALIDITY): 40 days on,
+    # TCB info, QE identity and CRLs are all past nextUpdate.
+    coordinator.clock.offset += 40 * 24 * 3600
+    try:
+        body = _activation_body(coordinator, _backend(coordinator.platform), "web", "stale")
+        response = _post_activation(coordinator, body)
+    finally:
+        coordinator.clock.offset -= 40 * 24 * 3600
+    _assert_refused(coordinator, response, 403, "collateral_expired", "stale")
