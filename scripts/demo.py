@@ -143,7 +143,7 @@ def attest_coordinator(url: str, sim: Path, identity: dict[str, Any]) -> bytes:
     if has_verify:
         run(
             "verify", "--coordinator", url, "--expect-mrenclave", identity["mrenclave"],
-            "--allow-simulation", "--out", "coordinator-root.pem",
+            "--allow-simulation", "--sim-dir", str(sim), "--out", "coordinator-root.pem",
         )  # fmt: skip
         return Path("coordinator-root.pem").read_bytes()
     from sealpod.coordinator import verify_coordinator

@@ -79,6 +79,13 @@ def _notify(line: str) -> None:
     "default: the user's cache dir].",
 )
 @click.option(
+    "--volume-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SEALPOD_VOLUME_DIR",
+    help="Where encrypted volumes keep their ciphertext, one directory per volume "
+    "[env SEALPOD_VOLUME_DIR; default: <user data dir>/sealpod/volumes].",
+)
+@click.option(
     "--gramine-key",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="SEALPOD_GRAMINE_KEY",
@@ -98,6 +105,7 @@ def run(
     sim_dir: Path | None,
     publish: tuple[str, ...],
     cache_dir: Path | None,
+    volume_dir: Path | None,
     gramine_key: Path | None,
 ) -> None:
     """Run the confidential PACKAGE (from `sealpod build`) unmodified.
@@ -119,6 +127,7 @@ def run(
         extra_args=args,
         cache_dir=cache_dir,
         gramine_key=gramine_key,
+        volume_dir=volume_dir,
         notify=_notify,
     )
     sys.stdout.flush()

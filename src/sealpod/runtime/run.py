@@ -49,11 +49,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
 from sealpod.image import extract_cached
 from sealpod.package import (
+    EnclaveManifest,
     Package,
     PackageInfo,
     open_package,
@@ -64,6 +65,10 @@ from sealpod.runtime._run_gramine import GramineLaunch, check_gramine_environmen
 from sealpod.runtime.policy import ShieldPolicy
 from sealpod.runtime.sandbox import Sandbox, SandboxUser
 from sealpod.runtime.volumes import VolumeProvider
+
+if TYPE_CHECKING:
+    from sealpod.coordinator.client import ActivationResult
+    from sealpod.runtime.encrypted_volume import EncryptedVolumeProvider
 
 __all__ = [
     "PortMapping",
@@ -77,6 +82,16 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 TEEName = Literal["simulation", "gramine"]
+
+
+class Closeable(Protocol):
+    """A volume provider the run must close (commit) after the application exits."""
+
+    def close(self) -> None:
+        """Commit and release."""
+        ...
+
+
 Notify = Callable[[str], None]
 
 _PUBLISH = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(?:/tcp)?$")
@@ -142,6 +157,7 @@ class RunSettings:
     extra_args: tuple[str, ...] = ()
     cache_dir: Path | None = None
     gramine_key: Path | None = None
+    volume_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.tee not in ("simulation", "gramine"):
@@ -171,6 +187,8 @@ class PreparedRun:
     policy: ShieldPolicy = field(repr=False)
     sandbox: Sandbox = field(repr=False)
     activated: bool
+    #: Encrypted volumes opened for this run (committed and closed after it).
+    opened_volumes: Mapping[str, Closeable] = field(default_factory=dict, repr=False)
 
 
 def _say(notify: Notify, simulated: bool, text: str) -> None:
@@ -188,8 +206,10 @@ def _verified(path: Path) -> tuple[Package, PackageInfo]:
 
 def _activation(
     settings: RunSettings, info: PackageInfo, notify: Notify, simulated: bool
-) -> tuple[dict[str, bytes], dict[str, str], list[str] | None]:
-    """Activate at the coordinator; returns (files, env, argv). Imports lazily (start-up time)."""
+) -> tuple[ActivationResult, bytes]:
+    """Activate at the coordinator; returns the result and the pinned root (PEM).
+
+    Imports the coordinator client lazily (start-up time without a coordinator)."""
     from sealpod.coordinator.client import activate
     from sealpod.tee import EnclaveIdentity, SimulatedPlatform, SimulationBackend
     from sealpod.tee.simulation import default_platform_dir
@@ -227,10 +247,11 @@ def _activation(
         notify,
         simulated,
         f"activated: certificate for {result.certificate.subject.rfc4514_string()}, "
-        f"{len(result.files)} file(s) and {len(result.env)} variable(s) received into memory"
+        f"{len(result.files)} file(s), {len(result.env)} variable(s) and "
+        f"{len(result.volumes)} volume key(s) received into memory"
         + (", argv replaced by the service's" if result.argv is not None else ""),
     )
-    return dict(result.files), dict(result.env), result.argv
+    return result, root_pem
 
 
 def _check_volumes(
@@ -246,11 +267,9 @@ def _check_volumes(
         raise ConfigError(f"volume provider for undeclared volume(s): {', '.join(unknown)}")
     missing = sorted(set(declared) - set(providers))
     if missing:
-        # The hook: the encrypted-volume provider (sealpod.runtime.encrypted_volume) needs the
-        # volume key, which the coordinator does not deliver at activation yet.
         raise ConfigError(
-            f"the package declares encrypted volume(s) {', '.join(missing)} but no volume key "
-            "is available (volume keys from activation are not implemented yet)"
+            f"the package declares encrypted volume(s) {', '.join(missing)}: their keys come "
+            "from activation, so run it with --coordinator"
         )
     return {declared[name]: provider for name, provider in providers.items()}
 
@@ -293,13 +312,34 @@ def prepare_run(
     env = dict(manifest.env)
     argv = list(manifest.argv)
     activated = settings.coordinator is not None
+    granted: dict[str, EncryptedVolumeProvider] = {}
     if activated:
         mark = time.perf_counter()
-        files, received_env, service_argv = _activation(settings, info, notify, simulated)
+        result, root_pem = _activation(settings, info, notify, simulated)
         _logger.debug("timing: activation in %.0f ms", (time.perf_counter() - mark) * 1e3)
-        env.update(received_env)
-        if service_argv:
-            argv = service_argv
+        files = dict(result.files)
+        env.update(result.env)
+        if result.argv:
+            argv = list(result.argv)
+        undeclared = sorted(set(manifest.volumes) - set(volume_providers or {}))
+        if undeclared and settings.coordinator is not None:
+            from sealpod.runtime._run_volumes import default_volume_dir, open_granted_volumes
+
+            volume_dir = settings.volume_dir or default_volume_dir()
+            granted = open_granted_volumes(
+                {name: manifest.volumes[name] for name in undeclared},
+                result,
+                url=settings.coordinator,
+                root_pem=root_pem,
+                volume_dir=volume_dir,
+            )
+            _say(
+                notify,
+                simulated,
+                f"encrypted volume(s) {', '.join(undeclared)} opened from {volume_dir} "
+                "(ciphertext on the host, plaintext only through the shield)",
+            )
+        del result
     else:
         _say(
             notify,
@@ -316,7 +356,29 @@ def prepare_run(
         )
         argv += settings.extra_args
     argv[0] = manifest.entrypoint
-    providers = _check_volumes(manifest.volumes, dict(volume_providers or {}))
+    try:
+        return _prepared(
+            info, simulated, tree, manifest, files, env, argv, activated, granted,
+            {**dict(volume_providers or {}), **granted},
+        )  # fmt: skip
+    except BaseException:
+        _close(granted)
+        raise
+
+
+def _prepared(
+    info: PackageInfo,
+    simulated: bool,
+    tree: Path,
+    manifest: EnclaveManifest,
+    files: dict[str, bytes],
+    env: dict[str, str],
+    argv: list[str],
+    activated: bool,
+    granted: Mapping[str, Closeable],
+    volume_providers: Mapping[str, VolumeProvider],
+) -> PreparedRun:
+    providers = _check_volumes(manifest.volumes, volume_providers)
     owner = (manifest.user.uid, manifest.user.gid)
     policy = ShieldPolicy(
         backing_root=tree,
@@ -341,7 +403,16 @@ def prepare_run(
         policy=policy,
         sandbox=sandbox,
         activated=activated,
+        opened_volumes=granted,
     )
+
+
+def _close(volumes: Mapping[str, Closeable]) -> None:
+    for name, provider in volumes.items():
+        try:
+            provider.close()
+        except Exception:
+            _logger.exception("volume %s: the final commit failed", name)
 
 
 def _run_gramine(settings: RunSettings, notify: Notify) -> int:
@@ -380,6 +451,7 @@ def run_package(
     extra_args: Sequence[str] = (),
     cache_dir: str | os.PathLike[str] | None = None,
     gramine_key: str | os.PathLike[str] | None = None,
+    volume_dir: str | os.PathLike[str] | None = None,
     volume_providers: Mapping[str, VolumeProvider] | None = None,
     notify: Notify = _default_notify,
     stdin: int | IO[Any] | None = None,
@@ -403,7 +475,10 @@ def run_package(
         extra_args: arguments appended to argv (host input, not measured).
         cache_dir: the unpack cache root (default ``$SEALPOD_CACHE_DIR`` or the user's cache).
         gramine_key: the enclave key ``gramine-sgx-sign`` signs with (``tee="gramine"``).
-        volume_providers: encrypted volume name -> provider (the volume hook).
+        volume_dir: where encrypted volumes keep their ciphertext, one directory per volume
+            name (default: ``<user data dir>/sealpod/volumes``).
+        volume_providers: volume name -> provider, instead of opening the granted encrypted
+            volume (the shield's volume hook; tests).
         notify: receives one human-readable progress line at a time (simulation lines say
             SIMULATED).
         stdin: the application's stdin (default: inherited).
@@ -434,10 +509,26 @@ def run_package(
         extra_args=tuple(extra_args),
         cache_dir=None if cache_dir is None else Path(cache_dir),
         gramine_key=None if gramine_key is None else Path(gramine_key),
+        volume_dir=None if volume_dir is None else Path(volume_dir),
     )
     if settings.tee == "gramine":
         return _run_gramine(settings, notify)
     prepared = prepare_run(settings, notify=notify, volume_providers=volume_providers)
+    opened = prepared.opened_volumes
+    try:
+        return _start(prepared, notify, stdin, stdout, stderr)
+    finally:
+        _close(opened)
+
+
+def _start(
+    prepared: PreparedRun,
+    notify: Notify,
+    stdin: int | IO[Any] | None,
+    stdout: int | IO[Any] | None,
+    stderr: int | IO[Any] | None,
+) -> int:
+    simulated = prepared.simulated
     mark = time.perf_counter()
     from sealpod.runtime.shield import Shield
 
@@ -461,5 +552,5 @@ def run_package(
         mark = time.perf_counter()
         status = sandbox.run(stdin=stdin, stdout=stdout, stderr=stderr)
         _logger.debug("timing: application ran %.0f ms", (time.perf_counter() - mark) * 1e3)
-    _say(notify, settings.tee == "simulation", f"the application exited with status {status}")
+    _say(notify, simulated, f"the application exited with status {status}")
     return status
