@@ -21,42 +21,86 @@ HTTP API (JSON; errors ``{"error": {"code", "message", "kind"}}``; OpenAPI at
 ``GET /api/v1/audit``, ``GET /metrics``, ``GET /healthz``.
 """
 
-from sealpod.coordinator.app import create_app
-from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
-from sealpod.coordinator.client import (
-    ActivationResult,
-    ManifestUpdate,
-    PinnedVolumeTag,
-    SignedManifest,
-    UserSecret,
-    VerifiedCoordinator,
-    VolumeKey,
-    activate,
-    approve_update,
-    cancel_update,
-    fetch_audit,
-    fetch_manifest,
-    get_secret,
-    get_volume_tag,
-    pinned_client,
-    propose_update,
-    raise_package_svn,
-    reset_volume,
-    set_secret,
-    set_volume_tag,
-    submit_recovery_share,
-    verify_coordinator,
-)
-from sealpod.coordinator.errors import RequestRefusedError
-from sealpod.coordinator.identity import coordinator_identity, measure_distribution
-from sealpod.coordinator.server import CoordinatorServer
-from sealpod.coordinator.service import (
-    ActivationOutcome,
-    Coordinator,
-    CoordinatorState,
-    package_policy,
-)
-from sealpod.coordinator.settings import CoordinatorSettings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sealpod._internal.lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from sealpod.coordinator.app import create_app
+    from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
+    from sealpod.coordinator.client import (
+        ActivationResult,
+        ManifestUpdate,
+        PinnedVolumeTag,
+        SignedManifest,
+        UserSecret,
+        VerifiedCoordinator,
+        VolumeKey,
+        activate,
+        approve_update,
+        cancel_update,
+        fetch_audit,
+        fetch_manifest,
+        get_secret,
+        get_volume_tag,
+        pinned_client,
+        propose_update,
+        raise_package_svn,
+        reset_volume,
+        set_secret,
+        set_volume_tag,
+        submit_recovery_share,
+        verify_coordinator,
+    )
+    from sealpod.coordinator.errors import RequestRefusedError
+    from sealpod.coordinator.identity import coordinator_identity, measure_distribution
+    from sealpod.coordinator.server import CoordinatorServer
+    from sealpod.coordinator.service import (
+        ActivationOutcome,
+        Coordinator,
+        CoordinatorState,
+        package_policy,
+    )
+    from sealpod.coordinator.settings import CoordinatorSettings
+
+_WHERE = {
+    "ActivationOutcome": "service",
+    "ActivationResult": "client",
+    "Coordinator": "service",
+    "CoordinatorServer": "server",
+    "CoordinatorSettings": "settings",
+    "CoordinatorState": "service",
+    "ManifestUpdate": "client",
+    "PinnedVolumeTag": "client",
+    "RequestRefusedError": "errors",
+    "SignedManifest": "client",
+    "UserSecret": "client",
+    "VerifiedCoordinator": "client",
+    "VolumeKey": "client",
+    "activate": "client",
+    "activation_report_data": "binding",
+    "approve_update": "client",
+    "cancel_update": "client",
+    "coordinator_identity": "identity",
+    "coordinator_report_data": "binding",
+    "create_app": "app",
+    "fetch_audit": "client",
+    "fetch_manifest": "client",
+    "get_secret": "client",
+    "get_volume_tag": "client",
+    "measure_distribution": "identity",
+    "package_policy": "service",
+    "pinned_client": "client",
+    "propose_update": "client",
+    "raise_package_svn": "client",
+    "reset_volume": "client",
+    "set_secret": "client",
+    "set_volume_tag": "client",
+    "submit_recovery_share": "client",
+    "verify_coordinator": "client",
+}
 
 __all__ = [
     "ActivationOutcome",
@@ -94,3 +138,5 @@ __all__ = [
     "submit_recovery_share",
     "verify_coordinator",
 ]
+
+__getattr__ = lazy_getattr(__name__, _WHERE)
