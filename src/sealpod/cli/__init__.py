@@ -7,7 +7,6 @@ stderr and its exit code; usage errors exit 2; tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -16,12 +15,12 @@ from typing import Any
 import click
 
 from sealpod import __version__
+from sealpod.cli._common import LazyGroup
 from sealpod.errors import SealpodError
 
 _logger = logging.getLogger(__name__)
 
-# name -> "module:attribute" of a click command or group. A module that is not part of this
-# build (an unfinished feature) is simply not listed.
+# name -> "module:attribute" of a click command or group, imported on first use.
 _COMMANDS: dict[str, str] = {
     "quote": "sealpod.cli.quote:quote",
     "sim": "sealpod.cli.sim:sim",
@@ -34,38 +33,22 @@ _COMMANDS: dict[str, str] = {
     "build": "sealpod.cli.build:build",
     "inspect": "sealpod.cli.inspect:inspect",
     "run": "sealpod.cli.run:run",
+    # Client commands talking to a coordinator (TLS pinned to its attested root).
+    "verify": "sealpod.cli.coordinator:verify_command",
+    "status": "sealpod.cli.coordinator:status_command",
+    "activate": "sealpod.cli.coordinator:activate_command",
+    "secret": "sealpod.cli.coordinator:secret_group",
+    "audit": "sealpod.cli.coordinator:audit_group",
+    "certificate": "sealpod.cli.coordinator:certificate_group",
+    "recover": "sealpod.cli.coordinator:recover_command",
 }
 
 
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(super().list_commands(ctx))
-        names.update(name for name in _COMMANDS if self._load(name) is not None)
-        return sorted(names)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = super().get_command(ctx, cmd_name)
-        return command if command is not None else self._load(cmd_name)
-
-    @staticmethod
-    def _load(name: str) -> click.Command | None:
-        target = _COMMANDS.get(name)
-        if target is None:
-            return None
-        module_name, attribute = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                return None
-            raise
-        command = getattr(module, attribute)
-        if not isinstance(command, click.Command):
-            raise TypeError(f"{target} is not a click command")
-        return command
-
-
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="sealpod")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.option(

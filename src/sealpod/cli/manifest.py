@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from sealpod.cli._common import emit, json_option, read_bytes, write_bytes_atomic
+from sealpod.cli._common import LazyGroup, emit, json_option, read_bytes, write_bytes_atomic
 from sealpod.manifest import (
     ManifestValidationError,
     check_manifest,
@@ -18,9 +18,18 @@ from sealpod.manifest import (
 )
 
 
-@click.group()
+@click.group(
+    cls=LazyGroup,
+    lazy_commands={
+        # Talking to a coordinator; defined with the other client commands.
+        "set": "sealpod.cli.coordinator:manifest_set",
+        "get": "sealpod.cli.coordinator:manifest_get",
+        "verify": "sealpod.cli.coordinator:manifest_verify",
+        "update": "sealpod.cli.coordinator:manifest_update",
+    },
+)
 def manifest() -> None:
-    """The deployment manifest: schema and offline checks."""
+    """The deployment manifest: schema, offline checks, and the coordinator's manifest (set, get, verify, update)."""
 
 
 @manifest.command()
