@@ -78,6 +78,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sealpod.encfs import _format as fmt
 from sealpod.encfs._journal import Journal, JournaledNodeStore, fsync, pwrite_all
+from sealpod.encfs._reader import TreeReader
+from sealpod.encfs._store import FileNodeStore
 from sealpod.encfs.file import EncryptedFile
 from sealpod.errors import ConfigError, SealpodError, VerificationError
 
@@ -407,7 +409,8 @@ class _Inode:
     mac: str
     new: bool  # object lives in new/ (created since the last commit)
     file: EncryptedFile | None = None
-    store: JournaledNodeStore | None = None
+    store: JournaledNodeStore | FileNodeStore | None = None
+    reader: TreeReader | None = None  # fast reads while nothing is uncommitted
     path: str | None = None  # None once unlinked
     dirty: bool = False
 
@@ -1018,6 +1021,7 @@ class Volume:
             self._open_lru.pop(number, None)
 
     def _close_inode(self, inode: _Inode) -> None:
+        inode.reader = None
         if inode.file is not None:
             inode.file._release()  # drop without committing: the volume commit flushes
             inode.file, inode.store = None, None
@@ -1038,17 +1042,24 @@ class Volume:
                 return self._attach(inode, fd, create=False)
             except VerificationError as exc:
                 raise _rollback_from(exc, inode) from exc
+        fd = _open_object(host, os.O_RDONLY)
+        store = FileNodeStore(fd, name=str(host))
         try:
-            handle = EncryptedFile.open(
-                host,
+            handle = EncryptedFile(
+                store,
                 self._key,
                 path=self._bound(inode.object),
                 cache_nodes=_CACHE_NODES,
                 expected_root_mac=bytes.fromhex(inode.mac),
+                owned_fd=fd,
             )
         except VerificationError as exc:
+            os.close(fd)
             raise _rollback_from(exc, inode) from exc
-        inode.file = handle
+        except BaseException:
+            os.close(fd)
+            raise
+        inode.file, inode.store = handle, store
         self._remember_open(inode)
         return handle
 
@@ -1059,7 +1070,22 @@ class Volume:
             OSError: EBADF for an unknown handle.
             VerificationError: a node fails authentication.
         """
-        return self._file(handle).read(offset, size)
+        handle_file = self._file(handle)
+        inode = self._inodes[handle]
+        try:
+            if inode.dirty or inode.store is None:
+                return handle_file.read(offset, size)
+            reader = inode.reader
+            if reader is None:
+                reader = inode.reader = TreeReader(
+                    inode.store,
+                    self._key,
+                    path=os.fsencode(self._bound(inode.object)),
+                    expected_root_mac=bytes.fromhex(inode.mac),
+                )
+            return reader.read(offset, size)
+        except VerificationError as exc:
+            raise _rollback_from(exc, inode) from exc
 
     def write(self, handle: int, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at ``offset`` (extending with zeros); return the count written.
@@ -1073,7 +1099,7 @@ class Volume:
         written = handle_file.write(offset, data)
         inode = self._inodes[handle]
         inode.mtime_ns = time.time_ns()
-        inode.dirty = True
+        inode.dirty, inode.reader = True, None
         self._changed = True
         return written
 
@@ -1099,7 +1125,7 @@ class Volume:
         else:
             self._file(handle).truncate(size)
         inode.mtime_ns = time.time_ns()
-        inode.dirty = True
+        inode.dirty, inode.reader = True, None
         self._changed = True
 
     def truncate(self, path: str, size: int) -> None:
@@ -1169,6 +1195,7 @@ class Volume:
         for path, number in self._state.files.items():
             inode = self._inodes[number]
             if inode.file is not None and inode.dirty:
+                inode.reader = None
                 mac = inode.file.flush()
                 inode.size, inode.mac = inode.file.size, mac.hex()
             files[path] = FileEntry(
@@ -1181,7 +1208,7 @@ class Volume:
         dirs = {p: DirEntry(mode=d.mode, mtime_ns=d.mtime_ns) for p, d in self._state.dirs.items()}
         journal.sync()
         for inode in self._inodes.values():
-            if inode.store is not None:
+            if isinstance(inode.store, JournaledNodeStore):
                 inode.store.sync_direct()
         _fsync_dir(self._root / NEW_DIR)
         referenced = {f.object for f in files.values()}
@@ -1226,7 +1253,7 @@ class Volume:
             self._failure = ConfigError(f"volume {self.name!r}: applying the commit failed")
             raise self._failure from exc
         for inode in self._inodes.values():
-            if inode.store is not None:
+            if isinstance(inode.store, JournaledNodeStore):
                 inode.store.mark_committed()
             inode.new = False
             inode.dirty = False

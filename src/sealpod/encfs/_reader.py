@@ -1,0 +1,138 @@
+"""Authenticated reads of a committed encrypted file, tuned for large sequential requests.
+
+:class:`~sealpod.encfs.EncryptedFile` serves reads node by node through its LRU cache. A mounted
+volume mostly reads whole runs of nodes (the shield passes up to 1 MiB per request), so this
+reader fetches each run of contiguous data nodes (one MHT group, up to 96 nodes) with one host
+read and decrypts every node straight into the output buffer (``AESGCM.decrypt_into``).
+
+It checks exactly what the file reader checks, in the same order: the metadata node against
+the key, the bound path and the expected root MAC; every MHT node against the key and tag in its
+parent, from the root down; every data node against its entry in its MHT node, before any of
+its bytes reach the caller. A failed check raises and returns nothing. Only authenticated MHT
+nodes are cached.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sealpod.encfs import _format as fmt
+from sealpod.encfs._store import NodeStore
+from sealpod.errors import VerificationError
+
+_NODE = fmt.NODE_SIZE
+_ENTRY = fmt.ENTRY_SIZE
+_KEY = fmt.KEY_SIZE
+_GROUP = fmt.DATA_ENTRIES_PER_MHT
+_META = fmt.METADATA_DATA_SIZE
+_MAX_CACHED_MHT = 2048
+
+
+class TreeReader:
+    """Read-only view of the file in ``store`` as of its current (committed) metadata."""
+
+    def __init__(
+        self, store: NodeStore, key: bytes, *, path: bytes, expected_root_mac: bytes
+    ) -> None:
+        """Open and check the metadata (and root MHT node).
+
+        Raises:
+            VerificationError: as :class:`~sealpod.encfs.EncryptedFile`, including
+                ``encfs_root_mac_mismatch``.
+        """
+        self._store = store
+        length = store.length()
+        meta = fmt.open_metadata(store.read(0, _NODE), fmt.check_key(key), path, length)
+        if not hmac.compare_digest(meta.tag, expected_root_mac):
+            raise VerificationError(
+                "encfs_root_mac_mismatch", "file is not the expected version (root MAC differs)"
+            )
+        self.size = meta.size
+        self._data = meta.data
+        self._mht: dict[int, bytes] = {}
+        if self.size > _META:
+            raw = store.read(_NODE * fmt.mht_node_physical(0), _NODE)
+            self._root = self._open(raw, meta.root_key, meta.root_tag, "root MHT node")
+
+    @staticmethod
+    def _open(raw: bytes | memoryview, key: bytes, tag: bytes, what: str) -> bytes:
+        if len(raw) != _NODE:
+            raise VerificationError("encfs_truncated", f"{what} is missing from the file")
+        try:
+            return AESGCM(key).decrypt(fmt.ZERO_IV, bytes(raw) + tag, None)
+        except InvalidTag:
+            raise VerificationError("encfs_bad_mac", f"{what} failed authentication") from None
+
+    def _mht_node(self, index: int) -> bytes:
+        if index == 0:
+            return self._root
+        node = self._mht.get(index)
+        if node is not None:
+            return node
+        parent_index, entry = fmt.mht_parent(index)
+        parent = self._mht_node(parent_index)
+        raw = self._store.read(_NODE * fmt.mht_node_physical(index), _NODE)
+        node = self._open(
+            raw,
+            parent[entry : entry + _KEY],
+            parent[entry + _KEY : entry + _ENTRY],
+            f"MHT node {index}",
+        )
+        if len(self._mht) >= _MAX_CACHED_MHT:
+            self._mht.clear()
+        self._mht[index] = node
+        return node
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file).
+
+        Raises:
+            VerificationError: a node fails authentication or is missing.
+        """
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        out = bytearray(end - offset)
+        view = memoryview(out)
+        pos = offset
+        if pos < _META:
+            stop = min(end, _META)
+            view[: stop - offset] = self._data[pos:stop]
+            pos = stop
+        while pos < end:
+            first = (pos - _META) // _NODE
+            mht_index = first // _GROUP
+            last = min((end - 1 - _META) // _NODE, (mht_index + 1) * _GROUP - 1)
+            count = last - first + 1
+            raw = self._store.read(_NODE * fmt.data_node_physical(first), _NODE * count)
+            if len(raw) != _NODE * count:
+                raise VerificationError("encfs_truncated", f"data node {first}+ is missing")
+            mht = self._mht_node(mht_index)
+            raw_view = memoryview(raw)
+            for number in range(count):
+                index = first + number
+                at = (index % _GROUP) * _ENTRY
+                sealed = raw_view[number * _NODE : (number + 1) * _NODE].tobytes()
+                sealed += mht[at + _KEY : at + _ENTRY]
+                start = _META + index * _NODE
+                lo, hi = max(pos, start), min(end, start + _NODE)
+                aes = AESGCM(mht[at : at + _KEY])
+                try:
+                    if lo == start and hi == start + _NODE:
+                        aes.decrypt_into(fmt.ZERO_IV, sealed, None, view[lo - offset : hi - offset])
+                    else:
+                        plain = aes.decrypt(fmt.ZERO_IV, sealed, None)
+                        view[lo - offset : hi - offset] = plain[lo - start : hi - start]
+                except InvalidTag:
+                    # decrypt_into may have written unauthenticated bytes: drop the buffer.
+                    view.release()
+                    del out
+                    raise VerificationError(
+                        "encfs_bad_mac", f"data node {index} failed authentication"
+                    ) from None
+            pos = min(end, _META + (last + 1) * _NODE)
+        view.release()
+        return bytes(out)
