@@ -419,3 +419,24 @@ def test_create_refuses_non_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("x")
     with pytest.raises(ConfigError):
         Volume.create(tmp_path, KEY, "data")
+
+
+def test_second_writer_on_same_volume_is_refused(
+    volume_dir: Path, authority: LocalTagAuthority
+) -> None:
+    with _open(volume_dir, authority):
+        with pytest.raises(ConfigError):
+            _open(volume_dir, authority)
+        with _open(volume_dir, authority, writable=False) as reader:
+            assert reader.read_file("/a") == b"alpha"
+    _open(volume_dir, authority).close()  # the lock goes with the first writer
+
+
+def test_committed_reads_at_node_boundaries(volume_dir: Path, authority: LocalTagAuthority) -> None:
+    with _open(volume_dir, authority) as volume:
+        handle = volume.open_file("/big")
+        for offset in (0, 1, 3071, 3072, 3073, 4095, 7167, 7168, 3072 + 96 * NODE - 1):
+            for size in (1, 100, NODE, NODE + 1, 3 * NODE + 5, 1 << 20):
+                assert volume.read(handle, offset, size) == BIG[offset : offset + size]
+        assert volume.read(handle, len(BIG) - 10, 100) == BIG[-10:]
+        assert volume.read(handle, len(BIG) + 10, 100) == b""

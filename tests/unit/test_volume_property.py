@@ -96,6 +96,13 @@ def test_random_operations_match_a_dict_model(ops: list[tuple]) -> None:  # type
             assert {p: volume.read_file(p) for p in volume.iter_files()} == {
                 p: bytes(c) for p, c in model.items()
             }
+            # Committed files are served by the run reader: ranges across node boundaries.
+            for path, content in model.items():
+                handle = volume.open_file(path)
+                for offset in (0, 1, 3071, 3072, 4000, 7169, len(content) - 1):
+                    for size in (1, 4096, 9000):
+                        start = max(offset, 0)
+                        assert volume.read(handle, start, size) == content[start : start + size]
 
 
 def test_provider_errors_keep_their_errno(tmp_path: Path) -> None:

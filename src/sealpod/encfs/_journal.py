@@ -15,6 +15,7 @@ Journal entry (fixed size): magic ``SPVJNL01`` (8) || object id (16) || node num
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 from collections.abc import Iterator
@@ -84,16 +85,24 @@ class Journal:
     """The append-only redo journal of one volume (one host file, opened once)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        """Open (creating) the journal file; its old content is kept until :meth:`reset`.
+        """Open (creating) and lock the journal file; its old content stays until :meth:`reset`.
 
         Raises:
-            ConfigError: it cannot be opened.
+            ConfigError: it cannot be opened, or another writer holds the volume.
         """
         self.name = os.fspath(path)
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise _fail("open", self.name, exc) from exc
+        try:
+            # One writer per volume: a second runtime on the same directory would interleave
+            # its commits with ours.
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = -1
+            raise ConfigError(f"the volume is open for writing elsewhere ({self.name})") from exc
         self.length = 0
 
     def append(self, object_id: bytes, node: int, data: bytes | memoryview) -> int:

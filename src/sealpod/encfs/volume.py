@@ -569,46 +569,14 @@ class Volume:
                 "volume %r opened without an expected tag: whole-volume rollback is not detected",
                 name,
             )
+        if not root.is_dir():
+            raise ConfigError(f"{root} is not a directory")
+        # A writable open takes the volume's writer lock before it reads anything.
+        journal = Journal(root / JOURNAL_NAME) if writable else None
         try:
-            committed = _load_record(root / RECORD_NAME, key, pending=False).record
-        except FileNotFoundError as exc:
-            if not root.is_dir():
-                raise ConfigError(f"{root} is not a directory") from exc
-            raise _rollback(f"volume {name!r}: the volume record is missing") from exc
-        if committed.name != name:
-            raise VerificationError(
-                "volume_name_mismatch", f"{root} holds volume {committed.name!r}, not {name!r}"
-            )
-        pending: _Stored | None
-        try:
-            pending = _load_record(root / PENDING_NAME, key, pending=True)
-        except FileNotFoundError:
-            pending = None
-        except VerificationError:
-            _logger.warning("volume %r: ignoring an unauthenticated pending record", name)
-            pending = None
-        if pending is not None and pending.record.name != name:
-            pending = None
-        redo = False
-        if expected is None or hmac.compare_digest(expected, committed.tag()):
-            record = committed
-        elif pending is not None and hmac.compare_digest(expected, pending.record.tag()):
-            if not writable:
-                raise VerificationError(
-                    "volume_commit_unfinished",
-                    f"volume {name!r}: its last commit (version {pending.record.version}) "
-                    "must be finished by a writable open",
-                )
-            record, redo = pending.record, True
-        else:
-            raise _rollback(
-                f"volume {name!r}: the record on disk (version {committed.version}) is not "
-                "the latest committed state"
-            )
-        if writable:
-            journal = Journal(root / JOURNAL_NAME)
-            try:
-                if redo and pending is not None:
+            record, pending = _choose_record(root, key, name, expected, writable=writable)
+            if journal is not None:
+                if pending is not None:
                     _logger.warning(
                         "volume %r: finishing the interrupted commit of version %d",
                         name,
@@ -617,12 +585,12 @@ class Volume:
                     _apply(root, journal, pending)
                 else:
                     _discard(root, journal, record)
-            except BaseException:
+            volume = cls(root, key, record, tag_authority=tag_authority, writable=writable)
+        except BaseException:
+            if journal is not None:
                 journal.close()
-                raise
-        volume = cls(root, key, record, tag_authority=tag_authority, writable=writable)
-        if writable:
-            volume._journal = journal
+            raise
+        volume._journal = journal
         try:
             volume._verify_directory(deep=deep)
         except BaseException:
@@ -1294,6 +1262,48 @@ class Volume:
             self.close()
         else:
             self._release()
+
+
+def _choose_record(
+    root: Path, key: bytes, name: str, expected: bytes | None, *, writable: bool
+) -> tuple[VolumeRecord, _Stored | None]:
+    """The record that matches the expected tag, and the pending commit to redo (if any).
+
+    Raises:
+        VerificationError: see :meth:`Volume.open`.
+    """
+    try:
+        committed = _load_record(root / RECORD_NAME, key, pending=False).record
+    except FileNotFoundError as exc:
+        raise _rollback(f"volume {name!r}: the volume record is missing") from exc
+    if committed.name != name:
+        raise VerificationError(
+            "volume_name_mismatch", f"{root} holds volume {committed.name!r}, not {name!r}"
+        )
+    pending: _Stored | None
+    try:
+        pending = _load_record(root / PENDING_NAME, key, pending=True)
+    except FileNotFoundError:
+        pending = None
+    except VerificationError:
+        _logger.warning("volume %r: ignoring an unauthenticated pending record", name)
+        pending = None
+    if pending is not None and pending.record.name != name:
+        pending = None
+    if expected is None or hmac.compare_digest(expected, committed.tag()):
+        return committed, None
+    if pending is not None and hmac.compare_digest(expected, pending.record.tag()):
+        if not writable:
+            raise VerificationError(
+                "volume_commit_unfinished",
+                f"volume {name!r}: its last commit (version {pending.record.version}) "
+                "must be finished by a writable open",
+            )
+        return pending.record, pending
+    raise _rollback(
+        f"volume {name!r}: the record on disk (version {committed.version}) is not "
+        "the latest committed state"
+    )
 
 
 def _rollback_from(exc: VerificationError, inode: _Inode) -> VerificationError:
