@@ -440,3 +440,31 @@ def test_committed_reads_at_node_boundaries(volume_dir: Path, authority: LocalTa
                 assert volume.read(handle, offset, size) == BIG[offset : offset + size]
         assert volume.read(handle, len(BIG) - 10, 100) == BIG[-10:]
         assert volume.read(handle, len(BIG) + 10, 100) == b""
+
+
+def test_interrupted_apply_is_redone_after_objects_were_removed(
+    volume_dir: Path, authority: LocalTagAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sealpod.encfs.volume as volume_module
+
+    old_object = _object(volume_dir, "/big")
+    volume = _open(volume_dir, authority)
+    handle = volume.open_file("/big")
+    # Enough to make the file commit nodes to its store: journal entries for the old object ...
+    volume.write(handle, 0, bytes(6 << 20))
+    volume.truncate("/big", 0)  # ... which is then replaced and removed at the commit
+    volume.write(handle, 0, b"replacement")
+
+    def crash(*args: object) -> None:
+        raise _CrashAfterReportError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(volume_module, "_apply", crash)
+        with pytest.raises(ConfigError):
+            volume.commit()
+    volume._release()
+    assert (volume_dir / "volume.journal").stat().st_size > 0
+    old_object.unlink()  # the interrupted apply had got as far as removing it
+    with _open(volume_dir, authority, deep=True) as volume:
+        assert volume.read_file("/big") == b"replacement"
+        assert volume.version == 3

@@ -1326,8 +1326,11 @@ def _apply(root: Path, journal: Journal, pending: _Stored) -> None:
     """Steps 5 and 6 of a commit; idempotent, so also the redo after a crash."""
     objects, new = root / OBJECTS_DIR, root / NEW_DIR
     fds: dict[bytes, int] = {}
+    deleted = {bytes.fromhex(d) for d in pending.deleted}
     try:
         for object_id, node, image in journal.entries(pending.journal_length):
+            if object_id in deleted:
+                continue  # removed below (and maybe already, by an interrupted apply)
             fd = fds.get(object_id)
             if fd is None:
                 fd = fds[object_id] = _open_object(objects / object_id.hex(), os.O_RDWR)
