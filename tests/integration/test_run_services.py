@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -229,6 +230,7 @@ class WebRun:
     status: int
     output: str
     started: float
+    coordinator_logs: str
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +238,31 @@ def web_run(world: World) -> WebRun:
     """The HTTPS service run once: activated, called over HTTPS, then stopped with SIGTERM."""
     started = time.time()
     mounts_before = _shield_mounts()
+    # Every log record of this process (the coordinator runs in a thread here), at DEBUG.
+    records: list[str] = []
+    handler = _Collect(records)
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        return _web_run(world, started, mounts_before, records)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self._records = records
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._records.append(self.format(record))
+
+
+def _web_run(world: World, started: float, mounts_before: list[str], logs: list[str]) -> WebRun:
     with subprocess.Popen(
         _run_args(world, world.web, "web", "web-1"),
         stdout=subprocess.PIPE,
@@ -252,7 +279,7 @@ def web_run(world: World) -> WebRun:
                 proc.kill()
                 proc.wait()
     assert _shield_mounts() == mounts_before
-    return WebRun(answer, certificate, proc.returncode, output.decode(), started)
+    return WebRun(answer, certificate, proc.returncode, output.decode(), started, "\n".join(logs))
 
 
 def test_unmodified_python_service_gets_its_secret_and_certificate(
@@ -305,6 +332,8 @@ def _files_touched_since(roots: list[Path], since: float) -> Iterator[Path]:
 def test_secrets_never_reach_host_disk_or_logs(world: World, web_run: WebRun) -> None:
     secret = web_run.answer["db_password"].encode()
     assert secret not in web_run.output.encode()  # runtime logs at -vv, and the app's output
+    assert "SIMULATED" in web_run.coordinator_logs  # the coordinator did log the activation
+    assert secret.decode() not in web_run.coordinator_logs  # the coordinator's logs at DEBUG
     roots = [
         world.cache,
         world.work,
