@@ -14,11 +14,16 @@ fixed number of operations. Before each read the FUSE-level page cache of the fi
 (``POSIX_FADV_DONTNEED`` on the mounted file), so FUSE targets read through their daemon while
 the backing ciphertext stays in the host page cache; the plain file is read from the page cache
 (its "backing" is warm the same way). Rows give MB/s or ops/s, the ratio sealpod / baseline
-(higher is better) and the bar from issue 5 (sequential >= 0.5x gocryptfs).
+(higher is better) and the bar from issue 5 (sequential >= 0.5x gocryptfs). The targets take
+turns for a few rounds and each keeps its best round (``SEALPOD_BENCH_VOLUME_ROUNDS``): the
+shield's FUSE loop is one Python thread, gocryptfs uses all cores, so the load other work puts
+on a shared machine at that moment would otherwise decide the ratio. The shield's CPU time per
+MiB moved is reported as a load-independent cost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +123,8 @@ def _measure(directory: Path, size: int, *, fuse: bool) -> dict[str, float]:
     }
 
 
-def _gocryptfs(tmp: Path, size: int) -> dict[str, float]:
+@contextlib.contextmanager
+def _gocryptfs(tmp: Path) -> Iterator[Path]:
     if shutil.which("gocryptfs") is None:
         raise SystemExit("bench_volume_mount: needs gocryptfs (Debian package gocryptfs)")
     cipher, plain = tmp / "gocryptfs-cipher", tmp / "gocryptfs-mnt"
@@ -137,51 +144,82 @@ def _gocryptfs(tmp: Path, size: int) -> dict[str, float]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        return _measure(plain, size, fuse=True)
+        yield plain
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(plain)], check=False)
 
 
-def _sealpod(tmp: Path, size: int) -> tuple[dict[str, float], int]:
-    root, mountpoint = tmp / "rootfs", tmp / "shield-mnt"
-    root.mkdir()
-    mountpoint.mkdir()
-    spec = json.dumps(
-        {"root": str(root), "volume": str(tmp / "volume"), "mountpoint": str(mountpoint)}
-    )
-    shield = subprocess.Popen(
-        [sys.executable, "-c", _SHIELD_PROCESS, spec],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        if shield.stdout is None or shield.stdin is None:
-            raise SystemExit("bench_volume_mount: no pipe to the shield process")
-        if shield.stdout.readline().strip() != "mounted":
+class _ShieldProcess:
+    """The shield with the encrypted volume, in its own process, mounted at ``mountpoint``."""
+
+    def __init__(self, tmp: Path) -> None:
+        root, self.mountpoint = tmp / "rootfs", tmp / "shield-mnt"
+        root.mkdir()
+        self.mountpoint.mkdir()
+        spec = json.dumps(
+            {"root": str(root), "volume": str(tmp / "volume"), "mountpoint": str(self.mountpoint)}
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _SHIELD_PROCESS, spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.process.stdout is None or self.process.stdout.readline().strip() != "mounted":
+            self.process.kill()
             raise SystemExit("bench_volume_mount: the shield did not mount")
-        result = _measure(mountpoint / "vol", size, fuse=True)
-        shield.stdin.write("stop\n")
-        shield.stdin.flush()
-        peak_rss = int(shield.stdout.readline())
-        shield.wait(timeout=60)
-    finally:
-        if shield.poll() is None:
-            shield.kill()
-            shield.wait()
-    return result, peak_rss
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the shield process so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int:
+        """Unmount (committing the volume); return the peak RSS in bytes."""
+        try:
+            if self.process.stdin is None or self.process.stdout is None:
+                raise SystemExit("bench_volume_mount: no pipe to the shield process")
+            self.process.stdin.write("stop\n")
+            self.process.stdin.flush()
+            peak_rss = int(self.process.stdout.readline())
+            self.process.wait(timeout=60)
+            return peak_rss
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
 
 
 def run() -> list[dict[str, Any]]:
-    """Run the benchmark; one row per (operation, baseline)."""
+    """Run the benchmark; one row per (operation, baseline).
+
+    The three targets take turns for ``SEALPOD_BENCH_VOLUME_ROUNDS`` (default 3) rounds and each
+    keeps its best round per measure: on a shared machine the load of the moment otherwise
+    decides the ratio more than the code does.
+    """
     mib = int(os.environ.get("SEALPOD_BENCH_VOLUME_MIB", "256"))
+    rounds = int(os.environ.get("SEALPOD_BENCH_VOLUME_ROUNDS", "3"))
     size = mib * _MIB
+    results: dict[str, list[dict[str, float]]] = {"plain": [], "gocryptfs": [], "sealpod": []}
     with tempfile.TemporaryDirectory(prefix="bench-volume-", dir="/var/tmp") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "plain").mkdir()
-        plain = _measure(tmp / "plain", size, fuse=False)
-        gocryptfs = _gocryptfs(tmp, size)
-        sealpod, peak_rss = _sealpod(tmp, size)
+        with _gocryptfs(tmp) as gocryptfs_dir:
+            shield = _ShieldProcess(tmp)
+            try:
+                cpu_before = shield.cpu_seconds()
+                for _ in range(rounds):
+                    results["plain"].append(_measure(tmp / "plain", size, fuse=False))
+                    results["gocryptfs"].append(_measure(gocryptfs_dir, size, fuse=True))
+                    results["sealpod"].append(_measure(shield.mountpoint / "vol", size, fuse=True))
+                cpu = shield.cpu_seconds() - cpu_before
+            finally:
+                peak_rss = shield.stop()
+    best = {
+        target: {key: max(r[key] for r in runs) for key in runs[0]}
+        for target, runs in results.items()
+    }
+    sealpod, gocryptfs, plain = best["sealpod"], best["gocryptfs"], best["plain"]
     labels = {
         "write": (f"sequential write {mib} MiB + fsync", "MB/s"),
         "read": (f"sequential read {mib} MiB", "MB/s"),
@@ -195,7 +233,7 @@ def run() -> list[dict[str, Any]]:
             bar = f">= 0.5 ({'met' if ratio >= 0.5 else 'NOT met'})"
         rows.append(
             {
-                "benchmark": f"volume mount: {label} vs gocryptfs",
+                "benchmark": f"volume mount: {label} vs gocryptfs (best of {rounds})",
                 "sealpod": sealpod[key],
                 "baseline": gocryptfs[key],
                 "ratio": ratio,
@@ -205,13 +243,22 @@ def run() -> list[dict[str, Any]]:
         )
         rows.append(
             {
-                "benchmark": f"volume mount: {label} vs plain directory",
+                "benchmark": f"volume mount: {label} vs plain directory (best of {rounds})",
                 "sealpod": sealpod[key],
                 "baseline": plain[key],
                 "ratio": sealpod[key] / plain[key],
                 "unit": unit,
             }
         )
+    rows.append(
+        {
+            "benchmark": "volume mount: shield process CPU per MiB moved (all rounds)",
+            "sealpod": cpu * 1000 / (rounds * (2 * mib + _RANDOM_OPS * 4096 / _MIB)),
+            "baseline": None,
+            "ratio": None,
+            "unit": "ms/MiB",
+        }
+    )
     rows.append(
         {
             "benchmark": "volume mount: shield process peak RSS (VmHWM)",

@@ -97,42 +97,74 @@ class TreeReader:
             return b""
         out = bytearray(end - offset)
         view = memoryview(out)
-        pos = offset
-        if pos < _META:
-            stop = min(end, _META)
-            view[: stop - offset] = self._data[pos:stop]
-            pos = stop
-        while pos < end:
-            first = (pos - _META) // _NODE
-            mht_index = first // _GROUP
-            last = min((end - 1 - _META) // _NODE, (mht_index + 1) * _GROUP - 1)
-            count = last - first + 1
-            raw = self._store.read(_NODE * fmt.data_node_physical(first), _NODE * count)
-            if len(raw) != _NODE * count:
-                raise VerificationError("encfs_truncated", f"data node {first}+ is missing")
-            mht = self._mht_node(mht_index)
-            raw_view = memoryview(raw)
-            for number in range(count):
-                index = first + number
-                at = (index % _GROUP) * _ENTRY
-                sealed = raw_view[number * _NODE : (number + 1) * _NODE].tobytes()
-                sealed += mht[at + _KEY : at + _ENTRY]
-                start = _META + index * _NODE
-                lo, hi = max(pos, start), min(end, start + _NODE)
-                aes = AESGCM(mht[at : at + _KEY])
-                try:
-                    if lo == start and hi == start + _NODE:
-                        aes.decrypt_into(fmt.ZERO_IV, sealed, None, view[lo - offset : hi - offset])
-                    else:
-                        plain = aes.decrypt(fmt.ZERO_IV, sealed, None)
-                        view[lo - offset : hi - offset] = plain[lo - start : hi - start]
-                except InvalidTag:
-                    # decrypt_into may have written unauthenticated bytes: drop the buffer.
-                    view.release()
-                    del out
-                    raise VerificationError(
-                        "encfs_bad_mac", f"data node {index} failed authentication"
-                    ) from None
-            pos = min(end, _META + (last + 1) * _NODE)
+        try:
+            pos = offset
+            if pos < _META:
+                stop = min(end, _META)
+                view[: stop - offset] = self._data[pos:stop]
+                pos = stop
+            while pos < end:
+                pos = self._read_group(pos, end, view, offset)
+        except BaseException:
+            # decrypt_into may have written unauthenticated bytes: never hand them out.
+            view.release()
+            out[:] = b""
+            raise
         view.release()
         return bytes(out)
+
+    def _read_group(self, pos: int, end: int, view: memoryview, offset: int) -> int:
+        """Fill ``view`` (which starts at file ``offset``) from ``pos`` to ``end`` or to the end
+        of the MHT group holding ``pos``; return where it stopped."""
+        first = (pos - _META) // _NODE
+        mht_index = first // _GROUP
+        last = min((end - 1 - _META) // _NODE, (mht_index + 1) * _GROUP - 1)
+        count = last - first + 1
+        raw = self._store.read(_NODE * fmt.data_node_physical(first), _NODE * count)
+        if len(raw) != _NODE * count:
+            raise VerificationError("encfs_truncated", f"data node {first}+ is missing")
+        mht = self._mht_node(mht_index)
+        stop = min(end, _META + (last + 1) * _NODE)
+        # Whole nodes inside [pos, stop) are decrypted in place; a cut node at either edge
+        # goes through a temporary.
+        full_first = first if (pos - _META) % _NODE == 0 else first + 1
+        full_last = last if (stop - _META) % _NODE == 0 else last - 1
+        for index in {first, last}:
+            if not full_first <= index <= full_last:
+                start = _META + index * _NODE
+                plain = self._node(raw, index - first, mht, index)
+                lo, hi = max(pos, start), min(stop, start + _NODE)
+                view[lo - offset : hi - offset] = plain[lo - start : hi - start]
+        if full_first <= full_last:
+            at = (full_first % _GROUP) * _ENTRY
+            r = (full_first - first) * _NODE
+            o = _META + full_first * _NODE - offset
+            iv = fmt.ZERO_IV
+            try:
+                for _ in range(full_last - full_first + 1):
+                    AESGCM(mht[at : at + _KEY]).decrypt_into(
+                        iv,
+                        raw[r : r + _NODE] + mht[at + _KEY : at + _ENTRY],
+                        None,
+                        view[o : o + _NODE],
+                    )
+                    at += _ENTRY
+                    r += _NODE
+                    o += _NODE
+            except InvalidTag:
+                index = first + r // _NODE
+                raise VerificationError(
+                    "encfs_bad_mac", f"data node {index} failed authentication"
+                ) from None
+        return stop
+
+    @staticmethod
+    def _node(raw: bytes, number: int, mht: bytes, index: int) -> bytes:
+        at = (index % _GROUP) * _ENTRY
+        sealed = raw[number * _NODE : (number + 1) * _NODE] + mht[at + _KEY : at + _ENTRY]
+        try:
+            return AESGCM(mht[at : at + _KEY]).decrypt(fmt.ZERO_IV, sealed, None)
+        except InvalidTag:
+            raise VerificationError(
+                "encfs_bad_mac", f"data node {index} failed authentication"
+            ) from None

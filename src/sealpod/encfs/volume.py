@@ -1375,6 +1375,8 @@ def _discard(root: Path, journal: Journal, record: VolumeRecord) -> None:
     """Drop every trace of commits that never counted; ``record`` stays the committed state."""
     journal.reset()
     (root / PENDING_NAME).unlink(missing_ok=True)
+    for name in (RECORD_NAME, PENDING_NAME):
+        (root / f".{name}.tmp").unlink(missing_ok=True)  # a torn atomic write
     new = root / NEW_DIR
     try:
         leftovers = os.listdir(new)
