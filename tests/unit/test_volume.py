@@ -468,3 +468,13 @@ def test_interrupted_apply_is_redone_after_objects_were_removed(
     with _open(volume_dir, authority, deep=True) as volume:
         assert volume.read_file("/big") == b"replacement"
         assert volume.version == 3
+
+
+def test_file_moved_to_another_path_is_refused(
+    volume_dir: Path, authority: LocalTagAuthority
+) -> None:
+    # The host renames /a's object over /dir/c's: /dir/c now holds a file bound elsewhere.
+    os.replace(_object(volume_dir, "/a"), _object(volume_dir, "/dir/c"))
+    error = _refused(volume_dir, authority)
+    assert error.reason == "rollback_detected"
+    assert "/a" in str(error) or "/dir/c" in str(error)
