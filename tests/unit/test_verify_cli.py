@@ -10,20 +10,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-import sealpod.cli
 from sealpod.cli import main
 
 
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run the real entry point with ``verify`` mounted (as the lead's quote group does)."""
-    monkeypatch.setitem(sealpod.cli._COMMANDS, "qverify", "sealpod.cli.quote_verify:verify")
+    """Run ``sealpod quote verify ARGS`` through the real entry point."""
     for name in ("SEALPOD_POLICY", "SEALPOD_TRUST_ROOT", "SEALPOD_ALLOW_SIMULATION"):
         monkeypatch.delenv(name, raising=False)
 
     def invoke(*args: str) -> tuple[int, str, str]:
         with pytest.raises(SystemExit) as info:
-            main(["qverify", *args])
+            main(["quote", "verify", *args])
             raise SystemExit(0)
         out, err = capsys.readouterr()
         return int(info.value.code or 0), out, err
@@ -256,9 +254,6 @@ def test_usage_errors_exit_2(run: Any, sgx: dict[str, Any]) -> None:
 
 def test_mounted_under_quote_group() -> None:
     from sealpod.cli.quote import quote
-
-    if "verify" not in quote.commands:
-        pytest.skip("sealpod.cli.quote does not mount `verify` yet")
     from sealpod.cli.quote_verify import verify
 
     assert quote.commands["verify"] is verify
