@@ -80,6 +80,7 @@ from sealpod.encfs import _format as fmt
 from sealpod.encfs._journal import Journal, JournaledNodeStore, fsync, pwrite_all
 from sealpod.encfs._reader import TreeReader
 from sealpod.encfs._store import FileNodeStore
+from sealpod.encfs._writer import AppendWriter
 from sealpod.encfs.file import EncryptedFile
 from sealpod.errors import ConfigError, SealpodError, VerificationError
 
@@ -411,6 +412,7 @@ class _Inode:
     file: EncryptedFile | None = None
     store: JournaledNodeStore | FileNodeStore | None = None
     reader: TreeReader | None = None  # fast reads while nothing is uncommitted
+    writer: AppendWriter | None = None  # fast appends to a file only ever appended to
     path: str | None = None  # None once unlinked
     dirty: bool = False
 
@@ -750,7 +752,10 @@ class Volume:
         if number is None:
             raise _enoent(path)
         inode = self._inodes[number]
-        size = inode.file.size if inode.file is not None else inode.size
+        if inode.writer is not None:
+            size = inode.writer.size
+        else:
+            size = inode.file.size if inode.file is not None else inode.size
         return VolumeEntry(is_dir=False, size=size, mode=inode.mode, mtime_ns=inode.mtime_ns)
 
     def listdir(self, path: str) -> list[str]:
@@ -939,11 +944,24 @@ class Volume:
 
     def _fresh_object(self, inode: _Inode) -> None:
         """Give ``inode`` a new, empty object in ``new/``."""
+        if self._journal is None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         inode.object, inode.new, inode.size, inode.mac = os.urandom(16).hex(), True, 0, ""
-        fd = _open_object(self._object_path(inode), os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        self._attach(inode, fd, create=True)
+        host = self._object_path(inode)
+        fd = _open_object(host, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        try:
+            store = JournaledNodeStore(
+                fd, bytes.fromhex(inode.object), self._journal, committed_length=0, name=str(host)
+            )
+            # Appends go through the append writer until something else happens to the file.
+            inode.writer = AppendWriter(store, self._key, path=self._bound(inode.object))
+        except BaseException:
+            os.close(fd)
+            raise
+        inode.file, inode.store = None, store
         inode.dirty = True
         self._changed = True
+        self._remember_open(inode)
 
     def _attach(self, inode: _Inode, fd: int, *, create: bool) -> EncryptedFile:
         if self._journal is None:
@@ -992,7 +1010,31 @@ class Volume:
         inode.reader = None
         if inode.file is not None:
             inode.file._release()  # drop without committing: the volume commit flushes
-            inode.file, inode.store = None, None
+        elif inode.writer is not None and inode.store is not None:
+            os.close(inode.store.fd)
+        inode.file, inode.store, inode.writer = None, None, None
+
+    def _end_append(self, inode: _Inode) -> EncryptedFile:
+        """Seal what the append writer wrote and continue with a random-access handle."""
+        writer, store = inode.writer, inode.store
+        if writer is None or store is None:  # pragma: no cover - callers check
+            raise ConfigError("no append writer to end")
+        mac = writer.flush()
+        try:
+            handle = EncryptedFile(
+                store,
+                self._key,
+                path=self._bound(inode.object),
+                writable=True,
+                cache_nodes=_CACHE_NODES,
+                expected_root_mac=mac,
+                owned_fd=store.fd,
+            )
+        except BaseException:
+            self._close_inode(inode)
+            raise
+        inode.file, inode.writer = handle, None
+        return handle
 
     def _file(self, number: int) -> EncryptedFile:
         self._check_open()
@@ -1003,6 +1045,8 @@ class Volume:
             self._open_lru.pop(number, None)
             self._open_lru[number] = None
             return inode.file
+        if inode.writer is not None:
+            return self._end_append(inode)
         host = self._object_path(inode)
         if self._writable:
             fd = _open_object(host, os.O_RDWR)
@@ -1063,9 +1107,16 @@ class Volume:
             VerificationError: a node that must be updated fails authentication.
         """
         self._check_writable()
-        handle_file = self._file(handle)
-        written = handle_file.write(offset, data)
-        inode = self._inodes[handle]
+        inode = self._inodes.get(handle)
+        if inode is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        writer = inode.writer
+        if writer is not None and offset >= writer.size:
+            _append_zeros(writer, offset - writer.size)
+            writer.append(data)
+            written = len(data)
+        else:
+            written = self._file(handle).write(offset, data)
         inode.mtime_ns = time.time_ns()
         inode.dirty, inode.reader = True, None
         self._changed = True
@@ -1090,6 +1141,11 @@ class Volume:
             self._close_inode(inode)
             self._deleted.append(inode.object)
             self._fresh_object(inode)
+        elif inode.writer is not None and size >= inode.writer.size:
+            _append_zeros(inode.writer, size - inode.writer.size)
+        elif inode.writer is not None and size == 0 and inode.store is not None:
+            inode.store.truncate(0)
+            inode.writer = AppendWriter(inode.store, self._key, path=self._bound(inode.object))
         else:
             self._file(handle).truncate(size)
         inode.mtime_ns = time.time_ns()
@@ -1162,7 +1218,11 @@ class Volume:
         files: dict[str, FileEntry] = {}
         for path, number in self._state.files.items():
             inode = self._inodes[number]
-            if inode.file is not None and inode.dirty:
+            if inode.writer is not None and inode.dirty:
+                inode.reader = None
+                inode.mac = inode.writer.flush().hex()
+                inode.size = inode.writer.size
+            elif inode.file is not None and inode.dirty:
                 inode.reader = None
                 mac = inode.file.flush()
                 inode.size, inode.mac = inode.file.size, mac.hex()
@@ -1304,6 +1364,13 @@ def _choose_record(
         f"volume {name!r}: the record on disk (version {committed.version}) is not "
         "the latest committed state"
     )
+
+
+def _append_zeros(writer: AppendWriter, count: int) -> None:
+    block = bytes(min(count, 1 << 20))
+    while count > 0:
+        writer.append(block[: min(count, len(block))])
+        count -= len(block)
 
 
 def _rollback_from(exc: VerificationError, inode: _Inode) -> VerificationError:
