@@ -259,7 +259,9 @@ def main() -> int:
     run("key", "generate", "-o", "enclave-key.pem", "--force")
     run("build", "oci:image", "-o", "web.pkg", "--key", "enclave-key.pem")
     package = json.loads(run("inspect", "web.pkg", "--json", show=False))
-    run("inspect", "web.pkg")
+    say(f"MRENCLAVE {package['mrenclave']}: the identity the manifest will name; every one of")
+    say(f"its {package['trusted_files']} files is measured (sha256) into it, and the signature")
+    say("(enclave.sig) is checked by `sealpod inspect` and again by every `sealpod run`")
 
     step("4. Start a coordinator (SQLite state, simulation) and attest it")
     identity = json.loads(run("coordinator", "identity", "--json", show=False))
