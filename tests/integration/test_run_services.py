@@ -264,7 +264,7 @@ class _Collect(logging.Handler):
 
 def _web_run(world: World, started: float, mounts_before: list[str], logs: list[str]) -> WebRun:
     with subprocess.Popen(
-        _run_args(world, world.web, "web", "web-1"),
+        [*_run_args(world, world.web, "web", "web-1"), "--publish", f"{world.web_port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "SEALPOD_CACHE_DIR": str(world.cache)},
