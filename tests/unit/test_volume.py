@@ -478,3 +478,18 @@ def test_file_moved_to_another_path_is_refused(
     error = _refused(volume_dir, authority)
     assert error.reason == "rollback_detected"
     assert "/a" in str(error) or "/dir/c" in str(error)
+
+
+def test_file_read_back_after_its_commit(volume_dir: Path, authority: LocalTagAuthority) -> None:
+    with _open(volume_dir, authority) as volume:
+        handle = volume.open_file("/fresh", create=True)
+        volume.write(handle, 0, b"appended")
+        volume.commit()
+        assert volume.read(handle, 0, 100) == b"appended"
+        volume.write(handle, 8, b" more")
+        volume.commit()
+        assert volume.read(handle, 0, 100) == b"appended more"
+        volume.write(handle, 0, b"A")
+        assert volume.read(handle, 0, 100) == b"Appended more"
+    with _open(volume_dir, authority) as volume:
+        assert volume.read_file("/fresh") == b"Appended more"

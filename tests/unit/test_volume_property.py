@@ -30,6 +30,7 @@ _op = st.one_of(
     st.tuples(st.just("rename"), st.sampled_from(NAMES), st.sampled_from(NAMES)),
     st.tuples(st.just("unlink"), st.sampled_from(NAMES)),
     st.tuples(st.just("fsync"), st.sampled_from(NAMES)),
+    st.tuples(st.just("read"), st.sampled_from(NAMES)),
 )
 
 
@@ -43,7 +44,6 @@ def _apply(provider: EncryptedVolumeProvider, model: dict[str, bytearray], op: t
         if offset > len(content):
             content.extend(bytes(offset - len(content)))
         content[offset : offset + len(data)] = data
-        assert provider.read(handle, offset, len(data)) == data
         provider.release(handle)
     elif kind == "truncate":
         _, path, size = op
@@ -69,6 +69,12 @@ def _apply(provider: EncryptedVolumeProvider, model: dict[str, bytearray], op: t
             return
         provider.unlink(path)
         del model[path]
+    elif kind == "read":
+        _, path = op
+        if path in model:
+            handle = provider.open(path, os.O_RDONLY, 0)
+            assert provider.read(handle, 0, len(model[path]) + 10) == model[path]
+            provider.release(handle)
     else:
         _, path = op
         if path in model:

@@ -1019,7 +1019,8 @@ class Volume:
         writer, store = inode.writer, inode.store
         if writer is None or store is None:  # pragma: no cover - callers check
             raise ConfigError("no append writer to end")
-        mac = writer.flush()
+        # Flushing an unchanged file again would re-seal its metadata: keep the committed one.
+        mac = writer.flush() if writer.dirty else bytes.fromhex(inode.mac)
         try:
             handle = EncryptedFile(
                 store,
