@@ -51,6 +51,12 @@ raises ``rollback_detected`` or ``volume_journal_damaged``: **a detected inconsi
 silently wrong data. Only an authorised reset of the tag at the coordinator (which audits it)
 makes such a volume usable again; :func:`inspect_volume` shows what is on disk for that decision.
 
+Speed: an open file keeps its decrypted-node cache between calls; a new (or emptied) file that
+is only appended to is written by :class:`~sealpod.encfs._writer.AppendWriter` (each node sealed
+once, straight to the host file), and a file with nothing uncommitted is read by
+:class:`~sealpod.encfs._reader.TreeReader` (one host read per MHT group). Both produce and
+check exactly the Gramine format, as :class:`~sealpod.encfs.EncryptedFile` does.
+
 The guarantee is per volume commit: writes not yet committed when the crash hits are lost (as
 for any file system without fsync). Without an authority and expected tag a volume still detects
 tampering of single files and records, but not the replay of a whole older directory; opening it
