@@ -124,3 +124,23 @@ def test_cli_run_coordinator_without_root_is_one_line_exit_1(
         main(["run", str(tmp_path / "pkg"), "--coordinator", "https://127.0.0.1:1"])
     assert exited.value.code == 1
     assert "--coordinator-root" in capsys.readouterr().err
+
+
+def test_cli_run_uses_the_root_sealpod_verify_pinned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    url = "https://127.0.0.1:1"
+    args = ["run", str(tmp_path / "pkg"), "--coordinator", url, "--service", "web"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "no pinned root for https://127.0.0.1:1" in capsys.readouterr().err
+    # Where `sealpod verify` saves it (issue 3 §4: the user's config dir).
+    pinned = tmp_path / "config" / "sealpod" / "coordinators" / "127.0.0.1_1.pem"
+    pinned.parent.mkdir(parents=True)
+    pinned.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "no pinned root" not in err and err.startswith("error: ")  # got to the package

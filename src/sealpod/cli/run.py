@@ -32,8 +32,8 @@ def _notify(line: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="SEALPOD_COORDINATOR_ROOT",
     metavar="FILE",
-    help="PEM root certificate the coordinator's TLS is pinned to (from `sealpod verify`) "
-    "[env SEALPOD_COORDINATOR_ROOT].",
+    help="PEM root certificate the coordinator's TLS is pinned to [env "
+    "SEALPOD_COORDINATOR_ROOT; default: the root `sealpod verify` pinned for that URL].",
 )
 @click.option(
     "--service",
@@ -117,6 +117,12 @@ def run(
     their hashes, secrets in memory) as / of a bubblewrap sandbox. ARGS after `--` are appended
     to the entrypoint's argv (host input, not measured). The exit status is the application's.
     """
+    if coordinator is not None and coordinator_root is None:
+        # The root `sealpod verify --coordinator URL` pinned for this coordinator, if any.
+        from sealpod.cli.coordinator import pinned_root_path
+
+        pinned = pinned_root_path(coordinator)
+        coordinator_root = pinned if pinned.is_file() else None
     status = run_package(
         package,
         coordinator=coordinator,

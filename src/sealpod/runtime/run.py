@@ -170,8 +170,8 @@ class RunSettings:
                 raise ConfigError(f"--coordinator {self.coordinator!r} must be an https:// URL")
             if self.coordinator_root is None:
                 raise ConfigError(
-                    "--coordinator needs --coordinator-root (the pinned root certificate, "
-                    "from `sealpod verify`)"
+                    f"no pinned root for {self.coordinator}: run `sealpod verify --coordinator "
+                    f"{self.coordinator}` first, or give --coordinator-root"
                 )
             if not self.service:
                 raise ConfigError("--coordinator needs --service (the manifest's service name)")
