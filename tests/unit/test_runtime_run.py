@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -16,7 +17,13 @@ from sealpod.runtime._run_gramine import (
     check_gramine_environment,
     gramine_launch,
 )
-from sealpod.runtime.run import PortMapping, RunSettings, _check_port_free, parse_publish
+from sealpod.runtime.run import (
+    PortMapping,
+    RunSettings,
+    _check_port_free,
+    default_instance,
+    parse_publish,
+)
 
 
 @pytest.mark.parametrize(
@@ -144,3 +151,10 @@ def test_cli_run_uses_the_root_sealpod_verify_pinned(
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert "no pinned root" not in err and err.startswith("error: ")  # got to the package
+
+
+def test_default_instance_is_stable_and_valid_for_the_coordinator() -> None:
+    first = default_instance("web")
+    assert first == default_instance("web") and first.endswith("-web")
+    # The coordinator's instance id pattern (issue 3 activation API).
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}", first)

@@ -45,7 +45,8 @@ def _notify(line: str) -> None:
     "--instance",
     envvar="SEALPOD_INSTANCE",
     metavar="ID",
-    help="This instance's id (default: random) [env SEALPOD_INSTANCE].",
+    help="This instance's id [env SEALPOD_INSTANCE; default: HOSTNAME-SERVICE, stable across "
+    "restarts; give replicas on one host distinct ids].",
 )
 @click.option(
     "--tee",

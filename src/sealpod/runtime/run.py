@@ -41,7 +41,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import socket
 import subprocess
 import tempfile
@@ -74,6 +73,7 @@ __all__ = [
     "PortMapping",
     "PreparedRun",
     "RunSettings",
+    "default_instance",
     "parse_publish",
     "prepare_run",
     "run_package",
@@ -235,7 +235,7 @@ def _activation(
             f"no simulated SGX platform at {platform_dir} (create one with `sealpod sim init`)"
         )
     backend = SimulationBackend(SimulatedPlatform.load(platform_dir), identity)
-    instance = settings.instance or secrets.token_hex(6)
+    instance = settings.instance or default_instance(settings.service)
     _say(
         notify,
         simulated,
@@ -252,6 +252,13 @@ def _activation(
         + (", argv replaced by the service's" if result.argv is not None else ""),
     )
     return result, root_pem
+
+
+def default_instance(service: str) -> str:
+    """``HOSTNAME-SERVICE``: stable across restarts on one host, so a restarted service does
+    not take another of its ``max_instances`` slots (replicas on one host need ``--instance``)."""
+    host = re.sub(r"[^A-Za-z0-9_.~-]", "-", socket.gethostname()).strip(".-~_") or "host"
+    return f"{host[:64]}-{service}"[:128]
 
 
 def _check_volumes(
@@ -466,7 +473,7 @@ def run_package(
             attestation, no secrets; only the manifest's static env).
         coordinator_root: PEM file of the coordinator's pinned root certificate.
         service: the deployment manifest's service name.
-        instance: this instance's id (default: random).
+        instance: this instance's id (default: :func:`default_instance`).
         tee: ``simulation`` (the simulated SGX platform claims the package's identity) or
             ``gramine`` (Gramine-SGX on hardware).
         sim_dir: the simulated platform's directory (default ``$SEALPOD_SIM_DIR`` or the
