@@ -85,3 +85,25 @@ def test_sigkill_of_the_runtime_leaves_no_mount_and_no_application(
             ["pgrep", "-f", "busybox sh /app/main.sh sleep"], capture_output=True, check=False
         )
         assert leftover.returncode == 1, leftover.stdout
+
+
+def test_writes_to_allowed_paths_never_reach_the_shared_cache(tmp_path: Path) -> None:
+    work = tmp_path / "build"
+    script = b"cat /work/seed.txt\necho changed > /work/seed.txt\necho new > /work/new.txt\n"
+    layers = [
+        busybox_layer(work / "layers"),
+        layer_from_files({"app/w.sh": script, "work/seed.txt": b"seed\n"}, work / "layers"),
+    ]
+    source = write_image(work / "oci", layers, argv=("/bin/busybox", "sh", "/app/w.sh"))
+    build_package(source, work / "pkg", EnclaveSigningKey.generate(), allow=["/work"])
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second run sees the image's seed again, not the first run's write
+        done = subprocess.run(
+            [SEALPOD, "run", str(work / "pkg"), "--cache-dir", str(cache)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (done.returncode, done.stdout) == (0, "seed\n"), done.stderr
+    (tree,) = [p for p in (cache / "layers").iterdir() if p.is_dir()]
+    assert (tree / "work" / "seed.txt").read_text() == "seed\n"
+    assert not (tree / "work" / "new.txt").exists()
+    assert list((cache / "runs").iterdir()) == []  # the per-run copies are gone

@@ -30,9 +30,9 @@ are *not* measured: the run says so.
 on the host's PORT directly. ``HOST_PORT:PORT`` is accepted only with equal ports and is checked
 to be free before the start; no port mapping is performed.
 
-Known limits: allowed paths pass through to the cached tree, which other runs of the same layers
-share; encrypted volumes need a provider per volume (``volume_providers``), because the
-coordinator does not deliver volume keys yet.
+Allowed paths write through to a per-run copy of the unpacked tree (hard links, real copies
+below the allowed paths), never to the shared cache; the copy is removed after the run.
+Encrypted volumes (keys from activation) keep their ciphertext in ``volume_dir``.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
-from sealpod.image import extract_cached
+from sealpod.image import extract_cached, sealpod_cache_dir
 from sealpod.package import (
     EnclaveManifest,
     Package,
@@ -189,6 +189,8 @@ class PreparedRun:
     activated: bool
     #: Encrypted volumes opened for this run (committed and closed after it).
     opened_volumes: Mapping[str, Closeable] = field(default_factory=dict, repr=False)
+    #: A per-run backing tree (packages with allowed paths), removed after the run.
+    run_dir: Path | None = None
 
 
 def _say(notify: Notify, simulated: bool, text: str) -> None:
@@ -363,14 +365,29 @@ def prepare_run(
         )
         argv += settings.extra_args
     argv[0] = manifest.entrypoint
+    run_dir: Path | None = None
     try:
-        return _prepared(
+        if manifest.allowed_files:
+            from sealpod.runtime._run_tree import private_tree
+
+            runs = (settings.cache_dir or sealpod_cache_dir()) / "runs"
+            tree, run_dir = private_tree(tree, manifest.allowed_files, runs)
+        prepared = _prepared(
             info, simulated, tree, manifest, files, env, argv, activated, granted,
             {**dict(volume_providers or {}), **granted},
         )  # fmt: skip
+        return replace(prepared, run_dir=run_dir)
     except BaseException:
         _close(granted)
+        _remove(run_dir)
         raise
+
+
+def _remove(run_dir: Path | None) -> None:
+    if run_dir is not None:
+        from sealpod.runtime._run_tree import remove_tree
+
+        remove_tree(run_dir)
 
 
 def _prepared(
@@ -521,11 +538,12 @@ def run_package(
     if settings.tee == "gramine":
         return _run_gramine(settings, notify)
     prepared = prepare_run(settings, notify=notify, volume_providers=volume_providers)
-    opened = prepared.opened_volumes
+    opened, run_dir = prepared.opened_volumes, prepared.run_dir
     try:
         return _start(prepared, notify, stdin, stdout, stderr)
     finally:
         _close(opened)
+        _remove(run_dir)
 
 
 def _start(
