@@ -97,6 +97,11 @@ def test_writes_to_allowed_paths_never_reach_the_shared_cache(tmp_path: Path) ->
     source = write_image(work / "oci", layers, argv=("/bin/busybox", "sh", "/app/w.sh"))
     build_package(source, work / "pkg", EnclaveSigningKey.generate(), allow=["/work"])
     cache = tmp_path / "cache"
+    stale = cache / "runs" / "run-killed"  # left by a run killed with SIGKILL
+    (stale / "rootfs").mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (stale / "pid").write_text(str(dead.pid))
     for _ in range(2):  # the second run sees the image's seed again, not the first run's write
         done = subprocess.run(
             [SEALPOD, "run", str(work / "pkg"), "--cache-dir", str(cache)],
@@ -106,4 +111,4 @@ def test_writes_to_allowed_paths_never_reach_the_shared_cache(tmp_path: Path) ->
     (tree,) = [p for p in (cache / "layers").iterdir() if p.is_dir()]
     assert (tree / "work" / "seed.txt").read_text() == "seed\n"
     assert not (tree / "work" / "new.txt").exists()
-    assert list((cache / "runs").iterdir()) == []  # the per-run copies are gone
+    assert list((cache / "runs").iterdir()) == []  # the per-run copies and the stale one are gone

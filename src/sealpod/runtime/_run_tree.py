@@ -6,7 +6,8 @@ gets a per-run copy: hard links for everything (instant, no extra space; trusted
 read-only through the shield anyway), real copies for the regular files at or below an allowed
 path (so writing them cannot change the shared inode), fresh directories everywhere (so files
 created or removed there stay in the copy). The copy is removed when the run ends, like a
-container's writable layer; data meant to outlive a run belongs on an encrypted volume.
+container's writable layer (or by the next run, after a SIGKILL); data meant to outlive a run
+belongs on an encrypted volume.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def private_tree(tree: Path, allowed: Sequence[str], parent: Path) -> tuple[Path
     """
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(parent)
         work = Path(tempfile.mkdtemp(prefix="run-", dir=parent))
     except OSError as exc:
         raise ConfigError(f"cannot create a run directory in {parent}: {exc}") from exc
     root = work / "rootfs"
     try:
+        (work / "pid").write_text(str(os.getpid()))
         done = subprocess.run(
             ["cp", "-a", "--link", "--no-target-directory", str(tree), str(root)],
             capture_output=True,
@@ -75,6 +78,19 @@ def private_tree(tree: Path, allowed: Sequence[str], parent: Path) -> tuple[Path
         raise
     _logger.debug("private backing tree for allowed paths at %s", root)
     return root, work
+
+
+def remove_stale(parent: Path) -> None:
+    """Remove run directories left by runs that were killed (their process is gone)."""
+    for work in parent.glob("run-*"):
+        try:
+            pid = int((work / "pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _logger.info("removing %s, left by a run that was killed", work)
+            remove_tree(work)
+        except (OSError, ValueError):
+            continue  # being created right now, or not ours to judge
 
 
 def remove_tree(work: Path) -> None:
