@@ -93,7 +93,12 @@ class ActivationMixin(CoordinatorBase):
         Raises:
             RequestRefusedError: ``no_manifest`` (409), ``recovery_mode``.
         """
-        self._current_manifest()
+        with self._lock:
+            known = self._manifest is not None
+        if not known:
+            # A manifest, once set, stays set: only until then is the store asked (another
+            # worker or replica may have set it).
+            self._current_manifest()
         if self._nonces is None:  # pragma: no cover - set whenever there is a store
             raise RequestRefusedError("recovery_mode", "the coordinator is in recovery", status=503)
         return self._nonces.issue(self._now())

@@ -319,7 +319,6 @@ class CoordinatorBase:
         self._recovery_credentials: CertifiedKey | None = None
         self._unsealed_callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._nonces: NonceIssuer | None = None
         self._ca: CoordinatorCA | None = None
         self._metrics = CoordinatorMetrics()
@@ -494,12 +493,10 @@ class CoordinatorBase:
         return self._ca
 
     def _transact(self, store: SealedStateStore, body: Callable[[Transaction], _T]) -> _T:
-        # One writer at a time inside this process: waiting on a Python lock is fair and
-        # immediate, whereas SQLite's busy handler backs off by sleeping (tens of ms), which
-        # collapses throughput when many activations arrive together. Other processes
-        # (replicas) still serialise through the database.
-        with self._write_lock:
-            return store.transact(body)
+        # The store queues concurrent writers itself and commits those that wait together as
+        # one group (one fsync), each body still atomic on its own; other processes (replicas,
+        # workers) serialise through the database.
+        return store.transact(body)
 
     def pccs(self, url: str) -> PCCSClient:
         """The (cached) PCCS client for ``url`` (a base URL, or one ending in

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -455,6 +457,22 @@ def _pem(certificate: Any) -> str:
     return str(certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"))
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_pem(certificate: x509.Certificate) -> str:
+    """PEM of a certificate served on every activation (the root); certificates are
+    immutable and hash by their DER, so the cache cannot serve another's PEM."""
+    return _pem(certificate)
+
+
+@functools.lru_cache(maxsize=16)
+def _bundle_pem(bundle: tuple[x509.Certificate, ...]) -> str:
+    return certificates_to_pem(bundle).decode("ascii")
+
+
+def _json_response(model: BaseModel) -> Response:
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
 def create_app(
     settings: CoordinatorSettings | None = None, *, coordinator: Coordinator | None = None
 ) -> FastAPI:
@@ -563,13 +581,18 @@ def create_app(
         )
 
     @app.post("/api/v1/activation/nonce", response_model=NonceResponse, responses=_ERRORS)
-    def activation_nonce() -> NonceResponse:
+    async def activation_nonce() -> Response:
+        # Issuing is a MAC and, once a manifest is known, touches no store: no thread hop.
         issued = core.new_nonce()
-        return NonceResponse(nonce=issued.value.hex(), expires_at=issued.expires_at)
+        return _json_response(NonceResponse(nonce=issued.value.hex(), expires_at=issued.expires_at))
 
     @app.post("/api/v1/activation", response_model=ActivationResponse, responses=_ERRORS)
-    def activation(body: Annotated[ActivationRequest, Body()]) -> ActivationResponse:
-        outcome = core.activate(
+    async def activation(body: Annotated[ActivationRequest, Body()]) -> Response:
+        # The hot path: one hop to a worker thread for the blocking work (verification,
+        # signing, the store), and the response built here and serialised by pydantic-core
+        # (returning the model would make FastAPI validate it again, in another thread hop).
+        outcome = await run_in_threadpool(
+            core.activate,
             ActivationRequestData(
                 service=body.service,
                 instance=body.instance,
@@ -577,29 +600,31 @@ def create_app(
                 nonce_hex=body.nonce,
                 quote_hex=body.quote,
                 collateral=body.collateral,
-            )
+            ),
         )
         rendered = outcome.rendered
-        return ActivationResponse(
-            service=outcome.service,
-            instance=outcome.instance,
-            simulated=outcome.evidence.simulated,
-            certificate=_pem(outcome.certificate),
-            certificate_chain=certificates_to_pem(outcome.certificate_chain).decode("ascii"),
-            trust_bundle=certificates_to_pem(outcome.trust_bundle).decode("ascii"),
-            root_certificate=_pem(outcome.root_certificate),
-            files=encode_files(rendered.files),
-            env=dict(rendered.env),
-            argv=None if rendered.argv is None else list(rendered.argv),
-            private_key_placeholder=outcome.private_key_placeholder,
-            volumes={
-                name: VolumeGrantModel(
-                    mount=grant.mount,
-                    key=base64.b64encode(grant.key).decode("ascii"),
-                    rollback_protected=grant.rollback_protected,
-                )
-                for name, grant in outcome.volumes.items()
-            },
+        return _json_response(
+            ActivationResponse(
+                service=outcome.service,
+                instance=outcome.instance,
+                simulated=outcome.evidence.simulated,
+                certificate=_pem(outcome.certificate),
+                certificate_chain=certificates_to_pem(outcome.certificate_chain).decode("ascii"),
+                trust_bundle=_bundle_pem(outcome.trust_bundle),
+                root_certificate=_cached_pem(outcome.root_certificate),
+                files=encode_files(rendered.files),
+                env=dict(rendered.env),
+                argv=None if rendered.argv is None else list(rendered.argv),
+                private_key_placeholder=outcome.private_key_placeholder,
+                volumes={
+                    name: VolumeGrantModel(
+                        mount=grant.mount,
+                        key=base64.b64encode(grant.key).decode("ascii"),
+                        rollback_protected=grant.rollback_protected,
+                    )
+                    for name, grant in outcome.volumes.items()
+                },
+            )
         )
 
     signed_description = (

@@ -59,6 +59,21 @@ class Session(abc.ABC):
     def delete_record(self, namespace: str, key: str) -> None:
         """Delete a record (no error when absent)."""
 
+    def get_records(self, names: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, bytes]]:
+        """``(version, blob)`` of each record of ``names`` that exists (one query where the
+        backend can)."""
+        found = {}
+        for namespace, key in names:
+            row = self.get_record(namespace, key)
+            if row is not None:
+                found[(namespace, key)] = row
+        return found
+
+    def put_records(self, rows: list[tuple[str, str, int, bytes]]) -> None:
+        """Insert or replace several records ``(namespace, key, version, blob)``."""
+        for namespace, key, version, blob in rows:
+            self.put_record(namespace, key, version, blob)
+
     @abc.abstractmethod
     def list_records(
         self, namespace: str, *, start_after: str | None, limit: int | None

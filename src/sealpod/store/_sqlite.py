@@ -4,24 +4,34 @@ Durability and atomicity come from SQLite itself: in WAL mode with ``synchronous
 transaction is durable once ``COMMIT`` returns, and a crash at any earlier moment leaves the
 database as it was before ``BEGIN`` (the partial WAL frames are ignored on recovery). Writers
 take the write lock with ``BEGIN IMMEDIATE`` so every read in a write transaction sees the
-latest committed state. Threads of one process queue on an in-process lock before that (SQLite's
-own busy handler polls with sleeps, which wastes most of the time under contention); other
-processes wait up to the busy timeout.
+latest committed state. Threads of one process queue on an in-process lock before that, and
+processes (coordinator workers, replicas on one host) on an advisory ``flock`` of the file
+``<database>.writer-lock``: SQLite's own busy handler polls with sleeps of up to 100 ms, which
+wastes most of the time under contention. SQLite's locking still decides; the lock file only
+makes waiting cheap (a process that does not take it is merely slower, never unsafe).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sealpod.store._backend import Backend, Session, StoreConflictError, StoreUnavailableError
 
 _logger = logging.getLogger(__name__)
+
+#: Records per batched query (SQLite allows 32766 parameters since 3.32; stay well below).
+_BATCH = 200
+_GET_RECORDS = (
+    "SELECT namespace, key, version, blob FROM sealpod_records WHERE (namespace, key) IN (VALUES "
+)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sealpod_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
@@ -68,6 +78,28 @@ class _SQLiteSession(Session):
             (namespace, key, version, blob),
         )
 
+    def get_records(self, names: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, bytes]]:
+        found: dict[tuple[str, str], tuple[int, bytes]] = {}
+        for start in range(0, len(names), _BATCH):
+            chunk = names[start : start + _BATCH]
+            # Only "(?, ?)" placeholders are formatted in; the names are bound parameters.
+            query = _GET_RECORDS + ",".join("(?, ?)" for _ in chunk) + ")"
+            rows = self._db.execute(
+                query,
+                [part for name in chunk for part in name],
+            ).fetchall()
+            for namespace, key, version, blob in rows:
+                found[(str(namespace), str(key))] = (int(version), bytes(blob))
+        return found
+
+    def put_records(self, rows: list[tuple[str, str, int, bytes]]) -> None:
+        self._db.executemany(
+            "INSERT INTO sealpod_records (namespace, key, version, blob) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (namespace, key) DO UPDATE"
+            " SET version = excluded.version, blob = excluded.blob",
+            rows,
+        )
+
     def delete_record(self, namespace: str, key: str) -> None:
         self._db.execute(
             "DELETE FROM sealpod_records WHERE namespace = ? AND key = ?", (namespace, key)
@@ -111,11 +143,15 @@ class SQLiteBackend(Backend):
         self._writer = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
+        self._lock_file: int | None = None
         if not path.parent.is_dir():
             raise StoreUnavailableError(f"directory {path.parent} does not exist")
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(descriptor)
+            self._lock_file = os.open(
+                path.with_name(path.name + ".writer-lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
             connection = self._connection()
             for statement in _SCHEMA:
                 connection.execute(statement)
@@ -182,13 +218,41 @@ class SQLiteBackend(Backend):
 
     @contextlib.contextmanager
     def _serialised(self, inner: contextlib.AbstractContextManager[Session]) -> Iterator[Session]:
+        deadline = time.monotonic() + self._busy_timeout
         if not self._writer.acquire(timeout=self._busy_timeout):
             raise StoreConflictError("timed out waiting for another writer thread")
         try:
-            with inner as session:
-                yield session
+            self._lock_processes(deadline)
+            try:
+                with inner as session:
+                    yield session
+            finally:
+                self._unlock_processes()
         finally:
             self._writer.release()
+
+    def _lock_processes(self, deadline: float) -> None:
+        # Polled with short sleeps (a blocking flock could not time out); a writer holds the
+        # lock for a millisecond or a few, so 0.5 ms naps keep the hand-over prompt.
+        if self._lock_file is None:
+            return
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreConflictError(
+                        "timed out waiting for another writer process"
+                    ) from None
+                time.sleep(0.0005)
+            except OSError as exc:
+                raise StoreUnavailableError(f"cannot lock {self._path}: {exc}") from exc
+
+    def _unlock_processes(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def read(self) -> contextlib.AbstractContextManager[Session]:
         session: Session | None = getattr(self._local, "session", None)
@@ -215,3 +279,8 @@ class SQLiteBackend(Backend):
         for connection in connections:
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
+        with self._lock:
+            lock_file, self._lock_file = self._lock_file, None
+        if lock_file is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock_file)

@@ -42,7 +42,10 @@ Guarantees
 * **Atomicity** (crash safety): a transaction's records and the new head are written in one
   database transaction; after a crash the store is in the old state or the new one.
 * **Isolation**: write transactions are serialised (single writer lock), reads inside them are
-  current; reads outside see a consistent snapshot.
+  current; reads outside see a consistent snapshot. :meth:`SealedStateStore.transact` commits
+  the transactions that queue up while one is being written as one *group* (one database
+  transaction, one ``fsync``): they still run one after the other, each sees the writes of those
+  before it, one that fails writes nothing, and none returns before the group is durable.
 * **Monotonic version**: every committed transaction that changes something adds exactly 1 to
   the state version kept in the head.
 * **Detected on every read** (:class:`~sealpod.errors.VerificationError`):
@@ -88,10 +91,11 @@ import logging
 import os
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -117,6 +121,8 @@ _STORE_ID_BYTES = 16
 _MIN_SEALING_KEY = 16
 _MAX_NAME = 255
 _ZERO_DIGEST = bytes(32)
+#: Most transaction bodies one group commit runs (bounds a group's latency).
+_GROUP_MAX = 64
 
 
 class StoreSealedError(SealpodError):
@@ -266,7 +272,7 @@ class _Crypto:
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+    return (int.from_bytes(a) ^ int.from_bytes(b)).to_bytes(len(a))
 
 
 def _wrap_key(sealing_key: bytes, store_id: bytes) -> tuple[bytes, str]:
@@ -299,12 +305,26 @@ class Transaction:
     Obtained from :meth:`SealedStateStore.transaction`; valid only inside its ``with`` block.
     """
 
-    def __init__(self, store: SealedStateStore, session: Session, version: int) -> None:
+    def __init__(
+        self,
+        store: SealedStateStore,
+        session: Session,
+        version: int,
+        *,
+        inherited: _GroupWrites | None = None,
+        read_cache: dict[tuple[str, str], bytes | None] | None = None,
+    ) -> None:
         self._store = store
         self._session = session
         #: The state version before this transaction.
         self.base_version = version
         self._writes: dict[tuple[str, str], bytes | None] = {}
+        # The writes of the transactions before this one in the same group commit (not yet
+        # in the database): reads see them as if they were committed.
+        self._inherited: _GroupWrites = inherited if inherited is not None else {}
+        # Records read from the database by this group so far: nothing writes to the database
+        # while the group holds the writer lock, so a second read would return the same.
+        self._read_cache = read_cache
         self._recovery: tuple[RecoveryInfo, bytes] | None = None
         self._active = True
 
@@ -328,7 +348,16 @@ class Transaction:
         _check_name("key", key)
         if (namespace, key) in self._writes:
             return self._writes[(namespace, key)]
-        return self._store._read_record(self._session, namespace, key, self.base_version)
+        inherited = self._inherited.get((namespace, key))
+        if inherited is not None:
+            return inherited[1]
+        cache = self._read_cache
+        if cache is not None and (namespace, key) in cache:
+            return cache[(namespace, key)]
+        value = self._store._read_record(self._session, namespace, key, self.base_version)
+        if cache is not None:
+            cache[(namespace, key)] = value
+        return value
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
         """Write a record (replacing any previous value) when the transaction commits.
@@ -364,7 +393,8 @@ class Transaction:
         """
         self._check()
         _check_name("namespace", namespace)
-        pending = {k: v for (ns, k), v in self._writes.items() if ns == namespace}
+        pending = {k: v for (ns, k), (_, v) in self._inherited.items() if ns == namespace}
+        pending.update({k: v for (ns, k), v in self._writes.items() if ns == namespace})
         stored = self._store._read_items(
             self._session,
             namespace,
@@ -437,27 +467,62 @@ class Transaction:
         self._active = False
         if not self._writes and self._recovery is None:
             return self.base_version
-        crypto = self._store._crypto
         version = self.base_version + 1
-        _, digest = crypto.open_head(self._session.get_meta("head"))
-        for (namespace, key), value in sorted(self._writes.items()):
-            old = self._session.get_record(namespace, key)
-            if old is not None:
-                digest = _xor(digest, crypto.record_tag(namespace, key, old[0], old[1]))
-            if value is None:
-                if old is not None:
-                    self._session.delete_record(namespace, key)
-                continue
-            blob = crypto.seal_record(namespace, key, version, value)
-            digest = _xor(digest, crypto.record_tag(namespace, key, version, blob))
-            self._session.put_record(namespace, key, version, blob)
-        if self._recovery is not None:
-            info, wrapped = self._recovery
-            document = {"threshold": info.threshold, "keys": list(info.key_fingerprints)}
-            self._session.put_meta("recovery", json.dumps(document).encode())
-            self._session.put_meta("recovery_wrap", wrapped)
-        self._session.put_meta("head", crypto.seal_head(version, digest))
+        writes = {name: (version, value) for name, value in self._writes.items()}
+        _write_changes(self._store._crypto, self._session, version, writes, self._recovery)
         return version
+
+
+#: ``(namespace, key) -> (state version of the write, value or None for a deletion)``.
+_GroupWrites = dict[tuple[str, str], tuple[int, bytes | None]]
+
+
+def _write_changes(
+    crypto: _Crypto,
+    session: Session,
+    version: int,
+    writes: _GroupWrites,
+    recovery: tuple[RecoveryInfo, bytes] | None,
+) -> None:
+    """Write ``writes`` (each sealed under the state version that wrote it) and the head at
+    ``version``, updating the record-set digest incrementally."""
+    _, digest = crypto.open_head(session.get_meta("head"))
+    names = sorted(writes)
+    olds = session.get_records(names)
+    rows: list[tuple[str, str, int, bytes]] = []
+    for namespace, key in names:
+        record_version, value = writes[(namespace, key)]
+        old = olds.get((namespace, key))
+        if old is not None:
+            digest = _xor(digest, crypto.record_tag(namespace, key, old[0], old[1]))
+        if value is None:
+            if old is not None:
+                session.delete_record(namespace, key)
+            continue
+        blob = crypto.seal_record(namespace, key, record_version, value)
+        digest = _xor(digest, crypto.record_tag(namespace, key, record_version, blob))
+        rows.append((namespace, key, record_version, blob))
+    if rows:
+        session.put_records(rows)
+    if recovery is not None:
+        info, wrapped = recovery
+        document = {"threshold": info.threshold, "keys": list(info.key_fingerprints)}
+        session.put_meta("recovery", json.dumps(document).encode())
+        session.put_meta("recovery_wrap", wrapped)
+    session.put_meta("head", crypto.seal_head(version, digest))
+
+
+class _Pending:
+    """A caller's transaction body in the group-commit queue (:meth:`SealedStateStore.transact`)."""
+
+    __slots__ = ("body", "error", "event", "promoted", "result")
+
+    def __init__(self, body: Callable[[Transaction], object]) -> None:
+        self.body = body
+        self.event = threading.Event()
+        self.promoted = False
+        self.result: object = None
+        self.error: BaseException | None = None
 
 
 class Snapshot:
@@ -524,6 +589,10 @@ class SealedStateStore:
     def __init__(self, backend: Backend, crypto: _Crypto) -> None:
         self._backend = backend
         self._crypto = crypto
+        self._group_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._leading = False
+        self._leader = threading.local()
 
     def __repr__(self) -> str:
         return f"SealedStateStore(store_id={self.store_id}, backend={self._backend.kind})"
@@ -704,22 +773,103 @@ class SealedStateStore:
         """Run ``body`` in a transaction, running it again (up to ``attempts`` times in all)
         when the transaction loses a race. ``body`` must have no effects outside ``tx``.
 
+        *Group commit*: the bodies that threads submit while a group is being written are run
+        next, one after the other by one thread (the leader), each in its own
+        :class:`Transaction` that sees the writes of those before it, and committed together in
+        one database transaction (one ``fsync``). Each body keeps its own atomicity: one that
+        raises contributes nothing and its caller gets the exception while the others commit;
+        each changing body still adds exactly 1 to the state version. Every caller returns
+        only once the group's commit is durable (or with the commit's error).
+
         Raises:
             StoreConflictError: when every attempt conflicted.
             StoreUnavailableError: when the database fails.
+            RuntimeError: when called from inside a transaction body.
         """
+        if getattr(self._leader, "running", False):
+            raise RuntimeError("store transactions do not nest")
+        pending = _Pending(body)
+        with self._group_lock:
+            self._queue.append(pending)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            pending.event.wait()
+            lead = pending.promoted
+        if lead:
+            self._lead(attempts, backoff)
+        if pending.error is not None:
+            raise pending.error
+        return cast(T, pending.result)
+
+    def _lead(self, attempts: int, backoff: float) -> None:
+        # The leader is the head of the queue (it enqueued itself when nobody led, or was
+        # promoted as the head), so the group it takes includes its own body.
+        with self._group_lock:
+            group, self._queue = self._queue[:_GROUP_MAX], self._queue[_GROUP_MAX:]
+        self._leader.running = True
+        try:
+            self._run_group(group, attempts, backoff)
+        finally:
+            self._leader.running = False
+            with self._group_lock:
+                successor = self._queue[0] if self._queue else None
+                self._leading = successor is not None
+            if successor is not None:
+                successor.promoted = True
+                successor.event.set()
+            for member in group:
+                member.event.set()
+
+    def _run_group(self, group: list[_Pending], attempts: int, backoff: float) -> None:
         for attempt in range(1, attempts + 1):
             try:
-                with self.transaction() as tx:
-                    result = body(tx)
-            except StoreConflictError:
+                outcomes = self._commit_group(group)
+            except StoreConflictError as exc:
                 if attempt == attempts:
-                    raise
+                    for member in group:
+                        member.error = exc
+                    return
                 _logger.info("store transaction conflicted (attempt %d); retrying", attempt)
                 time.sleep(backoff * attempt * (1 + secrets.randbelow(100) / 100))
                 continue
-            return result
-        raise StoreConflictError("no attempts")  # pragma: no cover - attempts >= 1
+            except BaseException as exc:
+                for member in group:
+                    member.error = exc
+                return
+            for member, (result, error) in zip(group, outcomes, strict=True):
+                member.result, member.error = result, error
+            return
+
+    def _commit_group(self, group: list[_Pending]) -> list[tuple[object, BaseException | None]]:
+        outcomes: list[tuple[object, BaseException | None]] = []
+        with self._backend.write() as session:
+            base, _ = self._crypto.open_head(session.get_meta("head"))
+            version = base
+            merged: _GroupWrites = {}
+            cache: dict[tuple[str, str], bytes | None] = {}
+            recovery: tuple[RecoveryInfo, bytes] | None = None
+            for member in group:
+                tx = Transaction(self, session, version, inherited=merged, read_cache=cache)
+                try:
+                    result = member.body(tx)
+                except StoreConflictError:
+                    raise  # the whole group runs again
+                except Exception as exc:
+                    outcomes.append((None, exc))  # that body's caller gets it; nothing written
+                    continue
+                finally:
+                    tx._active = False
+                outcomes.append((result, None))
+                if tx._writes or tx._recovery is not None:
+                    version += 1
+                    merged.update({name: (version, v) for name, v in tx._writes.items()})
+                    recovery = tx._recovery if tx._recovery is not None else recovery
+            if version != base:
+                _write_changes(self._crypto, session, version, merged, recovery)
+        if len(group) > 1:
+            _logger.debug("group commit of %d transactions", len(group))
+        return outcomes
 
     def set_recovery_keys(
         self, public_keys: Sequence[rsa.RSAPublicKey], threshold: int
