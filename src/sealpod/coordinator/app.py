@@ -10,7 +10,6 @@ manifest or request body, 503 in recovery mode or when the store is unavailable.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -527,7 +526,7 @@ def create_app(
     def recover(body: Annotated[RecoverRequest, Body()]) -> RecoverResponse:
         try:
             share = base64.b64decode(body.share, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
             raise RequestRefusedError("invalid_share", "the share must be base64") from exc
         return RecoverResponse.model_validate(core.submit_recovery_share(share))
 
@@ -668,7 +667,7 @@ def create_app(
         if upload.value is not None:
             try:
                 value = base64.b64decode(upload.value, validate=True)
-            except binascii.Error as exc:
+            except ValueError as exc:  # binascii.Error, or non-ASCII text
                 raise RequestRefusedError("invalid_secret", "value must be base64") from exc
         await run_in_threadpool(
             core.set_secret,

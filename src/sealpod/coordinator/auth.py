@@ -182,7 +182,7 @@ def _parse(header: str | None, scheme: str = AUTH_SCHEME, who: str = "user") -> 
         raise _unauthorised("auth_malformed", "nonce must be 16-64 bytes of lower-case hex")
     try:
         signature = base64.b64decode(params["signature"], validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         raise _unauthorised("auth_malformed", "signature must be base64") from exc
     return _Header(
         user=params[who], time=int(params["time"]), nonce=params["nonce"], signature=signature
