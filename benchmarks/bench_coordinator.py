@@ -112,15 +112,15 @@ def serving(state_url: str, sim_dir: Path, workers: int | None) -> Iterator[Serv
         *_sealpod(), "coordinator", "serve", "--state", state_url,
         "--listen", f"127.0.0.1:{port}", "--sim-dir", str(sim_dir), "--nonce-ttl", "600",
     ]  # fmt: skip
-    process = subprocess.Popen(  # noqa: S603 (our own CLI)
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"https://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the coordinator exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+                log.seek(0)
+                raise RuntimeError(f"the coordinator exited: {log.read().decode(errors='replace')}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break
             if time.monotonic() > deadline:
@@ -145,6 +145,7 @@ def serving(state_url: str, sim_dir: Path, workers: int | None) -> Iterator[Serv
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
 
 
 def _peak_rss_kib(pid: int) -> int:
@@ -388,7 +389,7 @@ def run() -> list[dict[str, Any]]:
     counts = [int(c) for c in os.environ.get("SEALPOD_BENCH_CLIENTS", "1,8,32").split(",")]
     total = int(os.environ.get("SEALPOD_BENCH_ACTIVATIONS", "10000"))
     workers_env = os.environ.get("SEALPOD_BENCH_WORKERS")
-    workers = int(workers_env) if workers_env else None
+    workers = int(workers_env) if workers_env else (os.cpu_count() or 1)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     prepared = prepare(max(total, 600 * int(seconds) * len(counts)))

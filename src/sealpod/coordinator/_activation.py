@@ -378,7 +378,16 @@ class ActivationMixin(CoordinatorBase):
                 volumes=volumes,
             )
 
-        outcome = self._transact(store, body)
+        outcome = self._transact(
+            store,
+            body,
+            prefetch=(
+                (_NS, _MANIFEST_SHA_KEY),
+                (USED_NAMESPACE, used_nonce),
+                (_instance_namespace(service), instance),
+                AuditLog.HEAD_RECORD,
+            ),
+        )
         _logger.info("activated %s/%s (simulated=%s)", service, instance, evidence.simulated)
         return outcome
 

@@ -492,11 +492,17 @@ class CoordinatorBase:
             )
         return self._ca
 
-    def _transact(self, store: SealedStateStore, body: Callable[[Transaction], _T]) -> _T:
+    def _transact(
+        self,
+        store: SealedStateStore,
+        body: Callable[[Transaction], _T],
+        *,
+        prefetch: Sequence[tuple[str, str]] = (),
+    ) -> _T:
         # The store queues concurrent writers itself and commits those that wait together as
         # one group (one fsync), each body still atomic on its own; other processes (replicas,
         # workers) serialise through the database.
-        return store.transact(body)
+        return store.transact(body, prefetch=prefetch)
 
     def pccs(self, url: str) -> PCCSClient:
         """The (cached) PCCS client for ``url`` (a base URL, or one ending in

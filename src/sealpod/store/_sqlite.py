@@ -29,6 +29,10 @@ _logger = logging.getLogger(__name__)
 
 #: Records per batched query (SQLite allows 32766 parameters since 3.32; stay well below).
 _BATCH = 200
+_PUT_RECORDS_HEAD = "INSERT INTO sealpod_records (namespace, key, version, blob) VALUES "
+_PUT_RECORDS_TAIL = (
+    " ON CONFLICT (namespace, key) DO UPDATE SET version = excluded.version, blob = excluded.blob"
+)
 _GET_RECORDS = (
     "SELECT namespace, key, version, blob FROM sealpod_records WHERE (namespace, key) IN (VALUES "
 )
@@ -93,12 +97,13 @@ class _SQLiteSession(Session):
         return found
 
     def put_records(self, rows: list[tuple[str, str, int, bytes]]) -> None:
-        self._db.executemany(
-            "INSERT INTO sealpod_records (namespace, key, version, blob) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (namespace, key) DO UPDATE"
-            " SET version = excluded.version, blob = excluded.blob",
-            rows,
-        )
+        # One multi-row statement per chunk (executemany would step, and release and retake
+        # the GIL, once per row while the writer lock is held).
+        for start in range(0, len(rows), _BATCH):
+            chunk = rows[start : start + _BATCH]
+            # Only "(?, ?, ?, ?)" placeholders are formatted in; the values are bound.
+            query = _PUT_RECORDS_HEAD + ",".join("(?, ?, ?, ?)" for _ in chunk) + _PUT_RECORDS_TAIL
+            self._db.execute(query, [part for row in chunk for part in row])
 
     def delete_record(self, namespace: str, key: str) -> None:
         self._db.execute(

@@ -234,6 +234,10 @@ class AuditLog:
     def __init__(self, store: SealedStateStore) -> None:
         self._store = store
 
+    #: The ``(namespace, key)`` of the sealed head record :meth:`append` reads: a transaction
+    #: that appends can name it in :meth:`SealedStateStore.transact`'s ``prefetch``.
+    HEAD_RECORD = (AUDIT_HEAD_NAMESPACE, _HEAD_KEY)
+
     @staticmethod
     def append(tx: Transaction, event: Mapping[str, Any], *, now: datetime.datetime) -> AuditEntry:
         """Append ``event`` within ``tx`` (it becomes visible when ``tx`` commits).

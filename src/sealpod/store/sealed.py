@@ -515,10 +515,13 @@ def _write_changes(
 class _Pending:
     """A caller's transaction body in the group-commit queue (:meth:`SealedStateStore.transact`)."""
 
-    __slots__ = ("body", "error", "event", "promoted", "result")
+    __slots__ = ("body", "error", "event", "prefetch", "promoted", "result")
 
-    def __init__(self, body: Callable[[Transaction], object]) -> None:
+    def __init__(
+        self, body: Callable[[Transaction], object], prefetch: Sequence[tuple[str, str]]
+    ) -> None:
         self.body = body
+        self.prefetch = prefetch
         self.event = threading.Event()
         self.promoted = False
         self.result: object = None
@@ -623,6 +626,13 @@ class SealedStateStore:
         row = session.get_record(namespace, key)
         if row is None:
             return None
+        return self._open_row(namespace, key, row, head_version)
+
+    def _open_row(
+        self, namespace: str, key: str, row: tuple[int, bytes], head_version: int
+    ) -> bytes:
+        _check_name("namespace", namespace)
+        _check_name("key", key)
         version, blob = row
         if version > head_version:
             raise VerificationError(
@@ -768,7 +778,12 @@ class SealedStateStore:
             tx._commit()
 
     def transact(
-        self, body: Callable[[Transaction], T], *, attempts: int = 5, backoff: float = 0.05
+        self,
+        body: Callable[[Transaction], T],
+        *,
+        attempts: int = 5,
+        backoff: float = 0.05,
+        prefetch: Sequence[tuple[str, str]] = (),
     ) -> T:
         """Run ``body`` in a transaction, running it again (up to ``attempts`` times in all)
         when the transaction loses a race. ``body`` must have no effects outside ``tx``.
@@ -781,6 +796,10 @@ class SealedStateStore:
         each changing body still adds exactly 1 to the state version. Every caller returns
         only once the group's commit is durable (or with the commit's error).
 
+        ``prefetch`` names ``(namespace, key)`` records ``body`` will read: the group reads
+        those of all its bodies in one query before running them (a hint; reads of other
+        records work as usual).
+
         Raises:
             StoreConflictError: when every attempt conflicted.
             StoreUnavailableError: when the database fails.
@@ -788,7 +807,7 @@ class SealedStateStore:
         """
         if getattr(self._leader, "running", False):
             raise RuntimeError("store transactions do not nest")
-        pending = _Pending(body)
+        pending = _Pending(body, prefetch)
         with self._group_lock:
             self._queue.append(pending)
             lead = not self._leading
@@ -848,6 +867,17 @@ class SealedStateStore:
             version = base
             merged: _GroupWrites = {}
             cache: dict[tuple[str, str], bytes | None] = {}
+            wanted = sorted({name for member in group for name in member.prefetch})
+            if wanted:
+                found = session.get_records(wanted)
+                for namespace, key in wanted:
+                    row = found.get((namespace, key))
+                    try:
+                        cache[(namespace, key)] = (
+                            None if row is None else self._open_row(namespace, key, row, base)
+                        )
+                    except (VerificationError, ValueError):
+                        continue  # left to the body that reads it (and fails alone)
             recovery: tuple[RecoveryInfo, bytes] | None = None
             for member in group:
                 tx = Transaction(self, session, version, inherited=merged, read_cache=cache)
