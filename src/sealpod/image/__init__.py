@@ -7,36 +7,74 @@
   layers from :func:`layer_from_directory` / :func:`layer_from_files`;
 * :func:`build_debian_rootfs` builds (and caches) Debian root filesystems with debootstrap, and
   :func:`rootfs_to_image` packs one as an image.
+
+Names are imported lazily (PEP 562): the run path needs only the unpack cache.
 """
 
-from sealpod.image.cache import extract_cached, layers_cache_key
-from sealpod.image.extract import extract_layers, verify_layers
-from sealpod.image.model import (
-    ANNOTATION_REF_NAME,
-    ExtractionSummary,
-    Image,
-    ImageConfig,
-    Layer,
-    LayerFile,
-    SkippedEntry,
-)
-from sealpod.image.read import host_architecture, open_image, parse_image_config
-from sealpod.image.rootfs import (
-    build_debian_rootfs,
-    debian_mirror,
-    rootfs_cache_key,
-    rootfs_to_image,
-    sealpod_cache_dir,
-)
-from sealpod.image.write import (
-    WrittenImage,
-    canonical_json,
-    config_document,
-    layer_from_directory,
-    layer_from_files,
-    write_docker_archive,
-    write_oci_layout,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sealpod._internal.lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from sealpod.image.cache import extract_cached, layers_cache_key
+    from sealpod.image.extract import extract_layers, verify_layers
+    from sealpod.image.model import (
+        ANNOTATION_REF_NAME,
+        ExtractionSummary,
+        Image,
+        ImageConfig,
+        Layer,
+        LayerFile,
+        SkippedEntry,
+    )
+    from sealpod.image.read import host_architecture, open_image, parse_image_config
+    from sealpod.image.rootfs import (
+        build_debian_rootfs,
+        debian_mirror,
+        rootfs_cache_key,
+        rootfs_to_image,
+        sealpod_cache_dir,
+    )
+    from sealpod.image.write import (
+        WrittenImage,
+        canonical_json,
+        config_document,
+        layer_from_directory,
+        layer_from_files,
+        write_docker_archive,
+        write_oci_layout,
+    )
+
+_WHERE = {
+    "extract_cached": "cache",
+    "layers_cache_key": "cache",
+    "extract_layers": "extract",
+    "verify_layers": "extract",
+    "ANNOTATION_REF_NAME": "model",
+    "ExtractionSummary": "model",
+    "Image": "model",
+    "ImageConfig": "model",
+    "Layer": "model",
+    "LayerFile": "model",
+    "SkippedEntry": "model",
+    "host_architecture": "read",
+    "open_image": "read",
+    "parse_image_config": "read",
+    "build_debian_rootfs": "rootfs",
+    "debian_mirror": "rootfs",
+    "rootfs_cache_key": "rootfs",
+    "rootfs_to_image": "rootfs",
+    "sealpod_cache_dir": "rootfs",
+    "WrittenImage": "write",
+    "canonical_json": "write",
+    "config_document": "write",
+    "layer_from_directory": "write",
+    "layer_from_files": "write",
+    "write_docker_archive": "write",
+    "write_oci_layout": "write",
+}
 
 __all__ = [
     "ANNOTATION_REF_NAME",
@@ -66,3 +104,5 @@ __all__ = [
     "write_docker_archive",
     "write_oci_layout",
 ]
+
+__getattr__ = lazy_getattr(__name__, _WHERE)

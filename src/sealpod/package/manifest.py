@@ -15,40 +15,39 @@ Invariants:
 from __future__ import annotations
 
 import json
-import posixpath
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sealpod.errors import ManifestError
+from sealpod.package._rules import (
+    ENV_NAME,
+    SHA256,
+    VOLUME_NAME,
+    canonical_json,
+    check_path,
+    is_under,
+)
+
+__all__ = [
+    "ENCLAVE_SCHEMA_VERSION",
+    "EnclaveManifest",
+    "EnclaveUser",
+    "TrustedFile",
+    "canonical_json",
+    "check_path",
+    "is_under",
+    "parse_env",
+]
 
 #: Version of the enclave.json schema; part of the measured bytes.
 ENCLAVE_SCHEMA_VERSION = 1
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ENV_NAME = re.compile(r"^[^=\x00]+$")
+_SHA256 = SHA256
+_VOLUME_NAME = VOLUME_NAME
+_ENV_NAME = ENV_NAME
 _U16 = Annotated[int, Field(ge=0, le=0xFFFF, strict=True)]
-
-
-def check_path(path: str, what: str) -> str:
-    """Return ``path`` if it is absolute, normalised and free of NUL bytes.
-
-    Raises:
-        ValueError: it is not.
-    """
-    if not path.startswith("/") or "\x00" in path:
-        raise ValueError(f"{what}: {path!r} is not an absolute path")
-    if posixpath.normpath(path) != path or path.startswith("//"):
-        raise ValueError(f"{what}: {path!r} is not normalised")
-    return path
-
-
-def is_under(path: str, prefix: str) -> bool:
-    """Whether ``path`` is ``prefix`` or below it ("/" is above everything)."""
-    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
 class _Document(BaseModel):
@@ -214,13 +213,6 @@ class EnclaveManifest(_Document):
     def trusted_bytes(self) -> int:
         """The summed size of the trusted regular files."""
         return sum(e.size for e in self.trusted_files.values() if e.type == "file")
-
-
-def canonical_json(document: Any) -> bytes:
-    """JSON with sorted keys, no whitespace and UTF-8 text (not ``\\u`` escapes)."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 def parse_env(entries: Mapping[str, str] | list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -23,10 +23,9 @@ where the runtime enforces the same policy with its shield.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sealpod.errors import ManifestError
-from sealpod.package.manifest import EnclaveManifest
 from sealpod.sgx import PAGE_SIZE, EnclaveMeasurement, SecinfoFlags
 
 #: The runtime identity measured into every package's MRENCLAVE.
@@ -37,6 +36,9 @@ ENCLAVE_SIZE: Final = 1 << 30
 SSA_FRAME_SIZE: Final = 1
 #: The largest canonical manifest that fits (the runtime page must fit after it).
 MAX_MANIFEST_BYTES: Final = ENCLAVE_SIZE - PAGE_SIZE
+
+if TYPE_CHECKING:
+    from sealpod.package.manifest import EnclaveManifest
 
 _RUNTIME_PAGE = struct.Struct("<64sQ")
 _MANIFEST_FLAGS: Final = SecinfoFlags.R | SecinfoFlags.PT_REG

@@ -27,15 +27,20 @@ import tarfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import IO, Any, Final, cast
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 from sealpod.errors import ConfigError, ManifestError, VerificationError
-from sealpod.image import Image, Layer, open_image
-from sealpod.package.manifest import EnclaveManifest
+from sealpod.image.model import Image, Layer
+from sealpod.image.read import open_image
 from sealpod.package.measure import measure_manifest_bytes
-from sealpod.sgx import SIGSTRUCT, verify_sigstruct
+from sealpod.package.view import EnclaveView, read_canonical
+from sealpod.sgx.sigstruct import SIGSTRUCT, verify_sigstruct
+
+if TYPE_CHECKING:
+    from sealpod.package.manifest import EnclaveManifest
 
 _logger = logging.getLogger(__name__)
 
@@ -57,12 +62,19 @@ _CHUNK: Final = 1 << 20
 
 @dataclass(frozen=True)
 class Package:
-    """A package as read by :func:`open_package`: parsed, *not yet verified*."""
+    """A package as read by :func:`open_package`: parsed, *not yet verified*.
+
+    Both readings of enclave.json are derived from :attr:`enclave_json` itself and cached on
+    first use (a :func:`dataclasses.replace` with other bytes reads them again): :attr:`view`,
+    what the runtime reads, comes from the fast reader
+    (:func:`sealpod.package.view.read_canonical`) when the bytes are a complete canonical
+    manifest, else from the pydantic model; :attr:`manifest`, the pydantic model, is only
+    parsed when asked for (the run path never needs it).
+    """
 
     path: Path
     image: Image
     sealpod_layer: Layer
-    manifest: EnclaveManifest = field(repr=False)
     enclave_json: bytes = field(repr=False)
     enclave_sig: bytes = field(repr=False)
     gramine_manifest: str = field(repr=False)
@@ -71,6 +83,52 @@ class Package:
     def rootfs_layers(self) -> tuple[Layer, ...]:
         """The original image's layers, bottom first."""
         return self.image.layers[:-1]
+
+    @cached_property
+    def _read(self) -> tuple[EnclaveView, bool]:
+        fast = read_canonical(self.enclave_json)
+        if fast is not None:
+            return fast, True
+        # Not complete and canonical: the model says why (invalid), or accepts it (and
+        # verify_package decides whether it is canonical).
+        return EnclaveView.from_model(self.manifest), False
+
+    @property
+    def view(self) -> EnclaveView:
+        """The validated manifest as the runtime reads it.
+
+        Raises:
+            VerificationError: ``package_manifest_invalid``.
+        """
+        return self._read[0]
+
+    @property
+    def canonical(self) -> bool:
+        """Whether enclave.json is in canonical form (what MRENCLAVE must be measured over).
+
+        Raises:
+            VerificationError: ``package_manifest_invalid``.
+        """
+        return self._read[1] or self.manifest.canonical_bytes() == self.enclave_json
+
+    @cached_property
+    def manifest(self) -> EnclaveManifest:
+        """enclave.json as the pydantic model (validated when the package was opened).
+
+        Raises:
+            VerificationError: ``package_manifest_invalid`` (cannot happen for a package from
+                :func:`open_package`, which validated the same bytes).
+        """
+        return _parse_manifest(self.enclave_json, str(self.path))
+
+
+def _parse_manifest(data: bytes, where: str) -> EnclaveManifest:
+    from sealpod.package.manifest import EnclaveManifest
+
+    try:
+        return EnclaveManifest.from_bytes(data)
+    except ManifestError as exc:
+        raise VerificationError("package_manifest_invalid", f"{where}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -123,7 +181,7 @@ class PackageRootfs:
     """
 
     image: Image
-    manifest: EnclaveManifest
+    manifest: EnclaveView
 
     @property
     def layers(self) -> tuple[Layer, ...]:
@@ -217,24 +275,21 @@ def open_package(path: str | Path) -> Package:
     where = f"{text}: sealpod layer ({layer.digest})"
     files = _read_sealpod_layer(layer, where)
     try:
-        manifest = EnclaveManifest.from_bytes(files[ENCLAVE_JSON])
-    except ManifestError as exc:
-        raise VerificationError("package_manifest_invalid", f"{text}: {exc}") from exc
-    try:
         gramine = files[GRAMINE_MANIFEST].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise VerificationError(
             "package_layer_malformed", f"{where}: the Gramine manifest is not UTF-8"
         ) from exc
-    return Package(
+    package = Package(
         path=Path(text.removeprefix("oci:")),
         image=image,
         sealpod_layer=layer,
-        manifest=manifest,
         enclave_json=files[ENCLAVE_JSON],
         enclave_sig=files[ENCLAVE_SIG],
         gramine_manifest=gramine,
     )
+    _ = package.view  # validates enclave.json now (package_manifest_invalid)
+    return package
 
 
 def package_info(package: Package) -> PackageInfo:
@@ -244,7 +299,7 @@ def package_info(package: Package) -> PackageInfo:
         VerificationError: ``sigstruct_bad_length`` if enclave.sig is not a SIGSTRUCT.
     """
     sig = SIGSTRUCT.from_bytes(package.enclave_sig)
-    manifest = package.manifest
+    manifest = package.view
     return PackageInfo(
         mrenclave=sig.mr_enclave.hex(),
         mrsigner=sig.mr_signer.hex(),
@@ -253,7 +308,7 @@ def package_info(package: Package) -> PackageInfo:
         debug=sig.debug,
         entrypoint=manifest.entrypoint,
         argv=manifest.argv,
-        trusted_files=len(manifest.trusted_files),
+        trusted_files=manifest.trusted_count,
         trusted_bytes=manifest.trusted_bytes,
         volumes=manifest.volumes,
         layer_digests=tuple(layer.digest or layer.diff_id for layer in package.image.layers),
@@ -277,7 +332,7 @@ def verify_package(package: Package, *, expected_mr_signer: bytes | None = None)
             ``package_identity_mismatch``.
     """
     sig = verify_sigstruct(package.enclave_sig, expected_mr_signer=expected_mr_signer)
-    if package.manifest.canonical_bytes() != package.enclave_json:
+    if not package.canonical:
         raise VerificationError(
             "package_manifest_not_canonical", "enclave.json is not in canonical form"
         )
@@ -287,7 +342,7 @@ def verify_package(package: Package, *, expected_mr_signer: bytes | None = None)
             "package_mrenclave_mismatch",
             f"enclave.json measures {measured.hex()}, the SIGSTRUCT signs {sig.mr_enclave.hex()}",
         )
-    manifest = package.manifest
+    manifest = package.view
     if (sig.isv_prod_id, sig.isv_svn, sig.debug) != (
         manifest.isv_prod_id,
         manifest.isv_svn,
@@ -309,4 +364,4 @@ def package_rootfs_layers(package: Package) -> PackageRootfs:
     """
     config = replace(package.image.config, diff_ids=package.image.config.diff_ids[:-1])
     image = replace(package.image, config=config, layers=package.rootfs_layers)
-    return PackageRootfs(image=image, manifest=package.manifest)
+    return PackageRootfs(image=image, manifest=package.view)

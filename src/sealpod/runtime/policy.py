@@ -6,16 +6,17 @@ without the FUSE binding installed.
 
 from __future__ import annotations
 
-import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 from sealpod.errors import ConfigError
+from sealpod.package._rules import is_normal_path
 from sealpod.runtime.volumes import VolumeProvider
 
-_SHA256_HEX = frozenset("0123456789abcdef")
+_SHA256_RUN = re.compile(r"[0-9a-f]*")
 
 
 def _normalise(path: str, what: str) -> str:
@@ -26,7 +27,7 @@ def _normalise(path: str, what: str) -> str:
     """
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise ConfigError(f"{what}: {path!r} is not an absolute path")
-    if posixpath.normpath(path) != path or path.startswith("//"):
+    if not is_normal_path(path):
         raise ConfigError(f"{what}: {path!r} is not normalised")
     return path
 
@@ -42,6 +43,8 @@ class ShieldPolicy:
 
     ``memory_files`` hold secrets: they are excluded from ``repr`` and never logged.
     ``owner`` (uid, gid) owns the in-memory nodes (tmpfs directories, memory files).
+    ``trusted_links`` are the trusted paths served as symbolic links (from the measured
+    manifest); ``None`` takes them from the backing tree when the shield is mounted.
 
     Raises:
         ConfigError: a path is not absolute/normalised, a hash is not 64 lowercase hex digits,
@@ -57,18 +60,34 @@ class ShieldPolicy:
     owner: tuple[int, int] = (0, 0)
     #: Empty read-only directories where the sandbox mounts /proc, /dev and the like.
     mountpoints: tuple[str, ...] = ("/proc", "/dev")
+    trusted_links: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backing_root", Path(self.backing_root))
-        trusted = {}
-        for path, digest in self.trusted.items():
-            _normalise(path, "trusted")
-            if path == "/":
-                raise ConfigError("trusted: '/' cannot be a trusted file")
-            if len(digest) != 64 or not set(digest) <= _SHA256_HEX:
-                raise ConfigError(f"trusted: {path}: not a lowercase hex SHA-256")
-            trusted[path] = digest
+        trusted = dict(self.trusted)
+        # Thousands of entries at every start: the common case is checked in bulk, an entry
+        # failing it is then found (and named) one by one.
+        if (
+            "/" in trusted
+            or not all(isinstance(p, str) and is_normal_path(p) for p in trusted)
+            or not all(isinstance(d, str) and len(d) == 64 for d in trusted.values())
+            or not _SHA256_RUN.fullmatch("".join(trusted.values()))
+        ):
+            for path, digest in trusted.items():
+                _normalise(path, "trusted")
+                if path == "/":
+                    raise ConfigError("trusted: '/' cannot be a trusted file")
+                if not isinstance(digest, str) or not _SHA256_RUN.fullmatch(digest):
+                    raise ConfigError(f"trusted: {path}: not a lowercase hex SHA-256")
+                if len(digest) != 64:
+                    raise ConfigError(f"trusted: {path}: not a lowercase hex SHA-256")
         object.__setattr__(self, "trusted", MappingProxyType(trusted))
+        if self.trusted_links is not None:
+            links = frozenset(self.trusted_links)
+            stray = sorted(links - trusted.keys())
+            if stray:
+                raise ConfigError(f"trusted_links: {stray[0]} is not a trusted path")
+            object.__setattr__(self, "trusted_links", links)
         object.__setattr__(
             self, "allowed", frozenset(_normalise(p, "allowed") for p in self.allowed)
         )

@@ -51,15 +51,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
-from sealpod.image import extract_cached, sealpod_cache_dir
-from sealpod.package import (
-    EnclaveManifest,
+from sealpod.image.cache import extract_cached
+from sealpod.image.rootfs import sealpod_cache_dir
+from sealpod.package.package import (
     Package,
     PackageInfo,
     open_package,
     package_rootfs_layers,
     verify_package,
 )
+from sealpod.package.view import EnclaveView
 from sealpod.runtime._run_gramine import GramineLaunch, check_gramine_environment, gramine_launch
 from sealpod.runtime.policy import ShieldPolicy
 from sealpod.runtime.sandbox import Sandbox, SandboxUser
@@ -394,7 +395,7 @@ def _prepared(
     info: PackageInfo,
     simulated: bool,
     tree: Path,
-    manifest: EnclaveManifest,
+    manifest: EnclaveView,
     files: dict[str, bytes],
     env: dict[str, str],
     argv: list[str],
@@ -407,6 +408,7 @@ def _prepared(
     policy = ShieldPolicy(
         backing_root=tree,
         trusted=manifest.trusted_digests(),
+        trusted_links=manifest.trusted_links,
         allowed=frozenset(manifest.allowed_files),
         tmpfs=manifest.tmpfs,
         memory_files=files,

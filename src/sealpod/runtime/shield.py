@@ -49,6 +49,7 @@ shield created its own mountpoint, removes it; it falls back to a lazy ``fusermo
 from __future__ import annotations
 
 import atexit
+import bisect
 import dataclasses
 import errno
 import functools
@@ -125,10 +126,21 @@ class _Node:
     static: bool = True
     allowed: bool = False
     expected: str = ""
-    children: dict[bytes, _Node] = field(default_factory=dict, repr=False)
+    kids: dict[bytes, _Node] = field(default_factory=dict, repr=False)
     mem: _Mem | None = field(default=None, repr=False)
     provider: VolumeProvider | None = field(default=None, repr=False)
     volume_root: _Node | None = field(default=None, repr=False)
+    #: Fills ``kids`` from the trusted-path index on first use (policy directories).
+    loader: Callable[[_Node], None] | None = field(default=None, repr=False)
+
+    @property
+    def children(self) -> dict[bytes, _Node]:
+        """The entries of this directory (the trusted ones are added on first access)."""
+        loader = self.loader
+        if loader is not None:
+            self.loader = None
+            loader(self)
+        return self.kids
 
     def path(self) -> bytes:
         parts: list[bytes] = []
@@ -223,7 +235,11 @@ class _ShieldOperations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
         self._fhs = itertools.count(1)
         self._verified = VerificationCache()
-        self.root = self._add(_Node(pyfuse3.ROOT_INODE, _Kind.DIR, b"", None))
+        self._trusted_keys = sorted(policy.trusted)
+        self._trusted_links = self._link_paths(policy)
+        self.root = self._add(
+            _Node(pyfuse3.ROOT_INODE, _Kind.DIR, b"", None, loader=self._load_trusted)
+        )
         self._build()
 
     # -- the policy tree ------------------------------------------------------------------
@@ -252,23 +268,72 @@ class _ShieldOperations(pyfuse3.Operations):
                         _Kind.MEM_DIR, name, node, mem=self._mem(stat.S_IFDIR | 0o700)
                     )
                 else:
-                    child = self._new(_Kind.DIR, name, node)
+                    child = self._new(_Kind.DIR, name, node, loader=self._load_trusted)
             elif child.kind not in (_Kind.DIR, _Kind.MEM_DIR):
                 raise ConfigError(f"shield policy: {path} passes through a non-directory entry")
             node = child
         return node
 
-    def _build(self) -> None:
-        policy = self._policy
-        for path, digest in sorted(policy.trusted.items()):
-            head, tail = posixpath.split(path)
-            parent = self._ensure_dir(head)
+    def _link_paths(self, policy: ShieldPolicy) -> frozenset[str]:
+        """The trusted paths served as symbolic links: the policy's (from the measured
+        manifest) or, without them, what the backing tree holds now, at mount time."""
+        if policy.trusted_links is not None:
+            return policy.trusted_links
+        links = []
+        for path in self._trusted_keys:
             try:
-                is_link = stat.S_ISLNK(os.lstat(self._root_b + os.fsencode(path)).st_mode)
+                if stat.S_ISLNK(os.lstat(self._root_b + os.fsencode(path)).st_mode):
+                    links.append(path)
             except OSError:
-                is_link = False  # missing now: refused when looked up
-            kind = _Kind.TRUSTED_LINK if is_link else _Kind.TRUSTED
-            self._new(kind, os.fsencode(tail), parent, expected=digest)
+                pass  # missing now: a file, refused when looked up
+        return frozenset(links)
+
+    def _check_trusted_tree(self) -> None:
+        """Refuse a trusted path below another one (it would pass through a non-directory)."""
+        trusted = self._policy.trusted
+        directories: set[str] = set()
+        for path in self._trusted_keys:
+            head = path.rpartition("/")[0]
+            while head and head not in directories:
+                directories.add(head)
+                head = head.rpartition("/")[0]
+        clash = min(directories & trusted.keys(), default=None)
+        if clash is not None:
+            below = next(p for p in self._trusted_keys if p.startswith(clash + "/"))
+            raise ConfigError(f"shield policy: {below} passes through a non-directory entry")
+
+    def _load_trusted(self, node: _Node) -> None:
+        """Add the trusted entries directly inside the policy directory ``node``.
+
+        The trusted paths are kept sorted, so those below ``prefix`` are one contiguous run,
+        and a sub-directory's run is skipped with one bisection (``"0"`` follows ``"/"``)."""
+        keys = self._trusted_keys
+        prefix = os.fsdecode(node.path()).rstrip("/") + "/"
+        allowed = self._policy.allowed
+        i = bisect.bisect_left(keys, prefix)
+        while i < len(keys) and keys[i].startswith(prefix):
+            path = keys[i]
+            name, sep, _ = path[len(prefix) :].partition("/")
+            if sep:
+                directory = prefix + name
+                self._new(
+                    _Kind.DIR,
+                    os.fsencode(name),
+                    node,
+                    allowed=node.allowed or directory in allowed,
+                    loader=self._load_trusted,
+                )
+                i = bisect.bisect_left(keys, directory + "0", i + 1)
+                continue
+            kind = _Kind.TRUSTED_LINK if path in self._trusted_links else _Kind.TRUSTED
+            self._new(kind, os.fsencode(name), node, expected=self._policy.trusted[path])
+            i += 1
+
+    def _build(self) -> None:
+        # The trusted entries are added per directory on first access (_load_trusted): a
+        # package lists thousands; a run touches a few dozen.
+        self._check_trusted_tree()
+        policy = self._policy
         for path in sorted(policy.allowed):
             if (
                 path == "/"
@@ -307,9 +372,10 @@ class _ShieldOperations(pyfuse3.Operations):
             mem = self._mem(stat.S_IFREG | 0o400)
             mem.data[:] = content
             self._new(_Kind.MEM_FILE, os.fsencode(tail), parent, mem=mem)
-        for node in list(self._nodes.values()):
-            if node.kind is _Kind.DIR:
-                node.allowed = any(is_under(node.display(), a) for a in policy.allowed)
+        if policy.allowed:
+            for node in list(self._nodes.values()):
+                if node.kind is _Kind.DIR:
+                    node.allowed = any(is_under(node.display(), a) for a in policy.allowed)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -1,0 +1,58 @@
+"""The enclave manifest's value rules, free of pydantic.
+
+Shared by the pydantic model (:mod:`sealpod.package.manifest`, used when building and
+inspecting) and the fast reader of the run path (:mod:`sealpod.package.view`), so both apply
+exactly the same checks to paths, names and hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME = re.compile(r"^[^=\x00]+$")
+
+
+def is_normal_path(path: str) -> bool:
+    """Whether ``path`` is absolute, free of NUL bytes and equal to its
+    :func:`posixpath.normpath` without a leading ``//``, in plain string tests (no empty,
+    ``.`` or ``..`` component, no trailing slash): thousands of trusted paths are checked at
+    every start."""
+    if path == "/":
+        return True
+    return (
+        path.startswith("/")
+        and not path.endswith(("/", "/.", "/.."))
+        and "//" not in path
+        and "/./" not in path
+        and "/../" not in path
+        and "\x00" not in path
+    )
+
+
+def check_path(path: str, what: str) -> str:
+    """Return ``path`` if it is absolute, normalised and free of NUL bytes.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not path.startswith("/") or "\x00" in path:
+        raise ValueError(f"{what}: {path!r} is not an absolute path")
+    if not is_normal_path(path):
+        raise ValueError(f"{what}: {path!r} is not normalised")
+    return path
+
+
+def is_under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or below it ("/" is above everything)."""
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+def canonical_json(document: Any) -> bytes:
+    """JSON with sorted keys, no whitespace and UTF-8 text (not ``\\u`` escapes)."""
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
