@@ -42,7 +42,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import platformdirs
 from cryptography import x509
@@ -52,7 +52,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sealpod._internal.fsutil import fsync_dir, write_file_atomic
 from sealpod.attestation.pck import PCKConfiguration, PCKExtensions
@@ -68,6 +67,7 @@ from sealpod.attestation.quote import (
     TEEType,
 )
 from sealpod.errors import ConfigError, EnvironmentUnavailableError, QuoteFormatError
+from sealpod.tee._files import PLATFORM_FORMAT, CollateralFile, FileContentError, PlatformFile
 
 _logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ DEFAULT_COLLATERAL_VALIDITY = 30 * 24 * 3600
 #: ``/dev/attestation/keys/_sgx_mrenclave`` / ``_sgx_mrsigner``.
 SEALING_KEY_SIZE = 16
 
-_FORMAT: Literal["sealpod-sim-platform/1"] = "sealpod-sim-platform/1"
+_FORMAT: Final = PLATFORM_FORMAT
 _CERT_LIFETIME = dt.timedelta(days=20 * 365)
 _CERT_BACKDATE = dt.timedelta(days=1)
 _SEALING_INFO_PREFIX = b"sealpod-sim-sealing-key-v1\x00"
@@ -155,40 +155,8 @@ def default_platform_dir() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-_HEX32 = r"^[0-9a-f]{32}$"
-_HEX64 = r"^[0-9a-f]{64}$"
-
-
-class _PlatformFile(BaseModel):
-    """``platform.json``: what is not already in the certificates."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    format: Literal["sealpod-sim-platform/1"]
-    created_at: int = Field(ge=0)
-    collateral_validity_seconds: int = Field(gt=0)
-    qe_id: str = Field(pattern=_HEX32)
-    qe_svn: int = Field(ge=0, le=0xFFFF)
-    qe_isv_prod_id: int = Field(ge=0, le=0xFFFF)
-    qe_mr_enclave: str = Field(pattern=_HEX64)
-    qe_mr_signer: str = Field(pattern=_HEX64)
-    tcb_evaluation_data_number: int = Field(ge=0)
-
-
-class _CollateralFile(BaseModel):
-    """``collateral.json``: dcap-qvl ``QuoteCollateralV3`` JSON."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    pck_crl_issuer_chain: str
-    root_ca_crl: str = Field(pattern=r"^([0-9a-f]{2})+$")
-    pck_crl: str = Field(pattern=r"^([0-9a-f]{2})+$")
-    tcb_info_issuer_chain: str
-    tcb_info: str
-    tcb_info_signature: str = Field(pattern=r"^[0-9a-f]{128}$")
-    qe_identity_issuer_chain: str
-    qe_identity: str
-    qe_identity_signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+_PlatformFile = PlatformFile
+_CollateralFile = CollateralFile
 
 
 @dataclass(frozen=True)
@@ -552,8 +520,8 @@ class SimulatedPlatform:
         }
         files.update({name: (_cert_pem(cert), 0o644) for name, cert in certs.items()})
         files[_SECRET_FILE] = (secrets.token_bytes(32), 0o600)
-        files[_PLATFORM_FILE] = (params.model_dump_json(indent=2).encode() + b"\n", 0o644)
-        files[_COLLATERAL_FILE] = (collateral.model_dump_json(indent=2).encode() + b"\n", 0o644)
+        files[_PLATFORM_FILE] = (params.to_json(), 0o644)
+        files[_COLLATERAL_FILE] = (collateral.to_json(), 0o644)
         return files
 
     @classmethod
@@ -579,8 +547,8 @@ class SimulatedPlatform:
                 raise _corrupted(target, name, exc.strerror or "unreadable") from exc
 
         try:
-            params = _PlatformFile.model_validate_json(read(_PLATFORM_FILE))
-        except ValidationError as exc:
+            params = _PlatformFile.from_json(read(_PLATFORM_FILE))
+        except FileContentError as exc:
             raise _corrupted(target, _PLATFORM_FILE, "invalid content") from exc
 
         keys: dict[str, ec.EllipticCurvePrivateKey] = {}
@@ -692,13 +660,13 @@ class SimulatedPlatform:
         if self._collateral is None:
             path = self._directory / _COLLATERAL_FILE
             try:
-                self._collateral = _CollateralFile.model_validate_json(path.read_bytes())
+                self._collateral = _CollateralFile.from_json(path.read_bytes())
             except OSError as exc:
                 raise ConfigError(
                     f"simulated platform collateral {path} is unreadable "
                     f"({exc.strerror or exc}); run `sealpod sim collateral --renew`"
                 ) from exc
-            except ValidationError as exc:
+            except FileContentError as exc:
                 raise ConfigError(
                     f"simulated platform collateral {path} is corrupted; "
                     "run `sealpod sim collateral --renew`"
@@ -711,7 +679,7 @@ class SimulatedPlatform:
         Raises:
             ConfigError: the collateral file is missing or corrupted.
         """
-        return self._load_collateral().model_dump()
+        return self._load_collateral().to_dict()
 
     def collateral_window(self) -> CollateralWindow:
         """The validity window of the current collateral (the intersection of all its parts).
@@ -762,9 +730,7 @@ class SimulatedPlatform:
         )
         path = self._directory / _COLLATERAL_FILE
         try:
-            _replace_file_atomically(
-                path, collateral.model_dump_json(indent=2).encode() + b"\n", 0o644
-            )
+            _replace_file_atomically(path, collateral.to_json(), 0o644)
         except OSError as exc:
             raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self._collateral = collateral
