@@ -136,3 +136,70 @@ def test_empty_file_verifies(tmp_path: Path) -> None:
         assert TrustedReader(descriptor, content, path="/empty").read(0, 10) == b""
     finally:
         os.close(descriptor)
+
+
+# -- chunks kept from the verification at open (start-up: no second read) -------------------
+
+
+def test_kept_chunks_are_served_while_the_file_is_unchanged(fd: int) -> None:
+    content, chunks = VerificationCache().verify_keeping(
+        fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT)
+    )
+    assert b"".join(chunks) == _CONTENT
+    reader = TrustedReader(fd, content, path="/lib.so", verified_chunks=chunks)
+    assert reader.held_bytes == len(_CONTENT)
+    assert reader.read(0, 100) == _CONTENT[:100]
+    assert reader.held_bytes == len(_CONTENT) - CHUNK_SIZE
+
+
+def test_in_place_edit_after_open_is_refused_despite_kept_chunks(
+    trusted_file: Path, fd: int
+) -> None:
+    content, chunks = VerificationCache().verify_keeping(
+        fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT)
+    )
+    reader = TrustedReader(fd, content, path="/lib.so", verified_chunks=chunks)
+    _flip_byte_keep_times(trusted_file, 10)  # chunk 0, after the verification (ctime moves)
+    with pytest.raises(TrustedFileModifiedError):
+        reader.read(0, 100)
+    assert reader.held_bytes == 0
+
+
+def test_a_chunk_is_kept_only_once_then_rechecked_against_its_tag(
+    trusted_file: Path, fd: int
+) -> None:
+    content, chunks = VerificationCache().verify_keeping(
+        fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT)
+    )
+    reader = TrustedReader(fd, content, path="/lib.so", verified_chunks=chunks)
+    assert reader.read(0, 10) == _CONTENT[:10]
+    assert reader.read(CHUNK_SIZE, 10) == _CONTENT[CHUNK_SIZE : CHUNK_SIZE + 10]
+    _flip_byte_keep_times(trusted_file, 5)
+    with pytest.raises(TrustedFileModifiedError):
+        reader.read(0, 10)  # chunk 0 was handed out already: read again and checked
+
+
+def test_no_chunks_are_kept_above_the_limit_or_from_the_cache(fd: int) -> None:
+    cache = VerificationCache()
+    _, chunks = cache.verify_keeping(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT) - 1)
+    assert chunks == ()
+    _, again = cache.verify_keeping(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))
+    assert again == ()  # a cached verification read nothing now
+
+
+def test_kept_chunks_of_another_file_are_refused(fd: int) -> None:
+    content = verify_descriptor(fd, _SHA, path="/lib.so")
+    with pytest.raises(ValueError, match="verified_chunks"):
+        TrustedReader(fd, content, path="/lib.so", verified_chunks=(b"x",))
+
+
+def test_tampered_file_is_refused_when_keeping_chunks(trusted_file: Path) -> None:
+    _flip_byte_keep_times(trusted_file, CHUNK_SIZE + 1)
+    descriptor = os.open(trusted_file, os.O_RDONLY)
+    try:
+        with pytest.raises(TrustedFileModifiedError):
+            VerificationCache().verify_keeping(
+                descriptor, _SHA, path="/lib.so", keep_limit=len(_CONTENT)
+            )
+    finally:
+        os.close(descriptor)

@@ -24,6 +24,12 @@ invariants this module keeps:
 
 The window that stays open is therefore only one of *availability*: a file modified after an open
 gives EIO on the modified chunk instead of EACCES at open.
+
+Start-up: the chunks read by the whole-file verification at an open may be kept
+(:meth:`VerificationCache.verify_keeping`) and served once each to that handle's first reads
+without a second read and tag check, while the descriptor's :class:`StatKey` is unchanged. Those
+are the very bytes that matched the manifest hash, so even a modification that keeps the key
+cannot bring tampered bytes through; any other modification drops them and is refused as above.
 """
 
 from __future__ import annotations
@@ -89,17 +95,28 @@ def verify_descriptor(fd: int, expected_sha256: str, *, path: str) -> VerifiedCo
         TrustedFileModifiedError: the content does not match, the file changed while it was
             being hashed, or it is not a regular file (reason ``trusted_file_mismatch``).
     """
+    return _verify(fd, expected_sha256, path, keep=False)[0]
+
+
+def _verify(
+    fd: int, expected_sha256: str, path: str, *, keep: bool
+) -> tuple[VerifiedContent, tuple[bytes, ...]]:
+    """:func:`verify_descriptor`, also returning the chunks it read when ``keep``: they are
+    exactly the bytes that matched the manifest hash."""
     before = os.fstat(fd)
     if not stat.S_ISREG(before.st_mode):
         raise TrustedFileModifiedError("trusted_file_mismatch", f"{path} is not a regular file")
     whole = hashlib.sha256()
     keys: list[bytes] = []
     tags: list[bytes] = []
+    kept: list[bytes] = []
     offset = 0
     while True:
         chunk = os.pread(fd, CHUNK_SIZE, offset)
         if not chunk:
             break
+        if keep:
+            kept.append(chunk)
         whole.update(chunk)
         chunk_key = os.urandom(32)
         keys.append(chunk_key)
@@ -119,9 +136,10 @@ def verify_descriptor(fd: int, expected_sha256: str, *, path: str) -> VerifiedCo
         raise TrustedFileModifiedError(
             "trusted_file_mismatch", f"{path} does not match its manifest hash"
         )
-    return VerifiedContent(
+    content = VerifiedContent(
         key=key, sha256=expected_sha256.lower(), chunk_keys=tuple(keys), chunk_tags=tuple(tags)
     )
+    return content, tuple(kept)
 
 
 class VerificationCache:
@@ -148,6 +166,28 @@ class VerificationCache:
             self._entries[slot] = verified
         return verified
 
+    def verify_keeping(
+        self, fd: int, expected_sha256: str, *, path: str, keep_limit: int
+    ) -> tuple[VerifiedContent, tuple[bytes, ...]]:
+        """:meth:`verify`, also returning the chunks read when the file was hashed now and is
+        at most ``keep_limit`` bytes (for :class:`TrustedReader`: its first reads then need no
+        second read and check); ``()`` otherwise.
+
+        Raises:
+            TrustedFileModifiedError: as :func:`verify_descriptor`.
+        """
+        st = os.fstat(fd)
+        key = StatKey.of(st)
+        slot = (path, expected_sha256.lower())
+        with self._lock:
+            cached = self._entries.get(slot)
+        if cached is not None and cached.key == key:
+            return cached, ()
+        verified, chunks = _verify(fd, expected_sha256, path, keep=st.st_size <= keep_limit)
+        with self._lock:
+            self._entries[slot] = verified
+        return verified, chunks
+
     def forget(self, path: str) -> None:
         """Drop every cached verification of ``path``."""
         with self._lock:
@@ -161,13 +201,31 @@ class TrustedReader:
     Not thread-safe; the shield serialises calls per handle.
     """
 
-    def __init__(self, fd: int, content: VerifiedContent, *, path: str) -> None:
+    def __init__(
+        self,
+        fd: int,
+        content: VerifiedContent,
+        *,
+        path: str,
+        verified_chunks: tuple[bytes, ...] = (),
+    ) -> None:
         self._fd = fd
         self._content = content
         self._path = path
         # The last verified chunk: sequential reads smaller than a chunk hash it once.
         self._cached_index = -1
         self._cached = b""
+        # Chunks read by the whole-file verification of this very open (the bytes that
+        # matched the manifest hash): each is served from memory once, then dropped.
+        if verified_chunks and len(verified_chunks) != len(content.chunk_tags):
+            raise ValueError("verified_chunks do not match the verified content")
+        self._fresh = dict(enumerate(verified_chunks))
+        self._fresh_bytes = sum(map(len, verified_chunks))
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of verified chunks still held in memory for first reads."""
+        return self._fresh_bytes
 
     @property
     def content(self) -> VerifiedContent:
@@ -177,6 +235,15 @@ class TrustedReader:
     def _chunk(self, index: int) -> bytes:
         if index == self._cached_index:
             return self._cached
+        fresh = self._fresh.pop(index, None)
+        if fresh is not None:
+            self._fresh_bytes -= len(fresh)
+            if StatKey.of(os.fstat(self._fd)) == self._content.key:
+                self._cached_index, self._cached = index, fresh
+                return fresh
+            # The file changed since: check what it holds now (a change is refused as usual).
+            self._fresh.clear()
+            self._fresh_bytes = 0
         expected_len = min(CHUNK_SIZE, self._content.size - index * CHUNK_SIZE)
         data = os.pread(self._fd, expected_len, index * CHUNK_SIZE)
         if len(data) != expected_len or not hmac.compare_digest(
@@ -213,6 +280,8 @@ class TrustedReader:
     def close(self) -> None:
         """Close the descriptor."""
         self._cached = b""
+        self._fresh.clear()
+        self._fresh_bytes = 0
         os.close(self._fd)
 
 

@@ -8,7 +8,10 @@ It serves a *backing rootfs directory* (the unpacked image) under a :class:`Shie
   (under a secret per-chunk key) during the whole-file check (see :mod:`sealpod.runtime._trusted` for the exact TOCTOU
   argument). A mismatch at open gives EACCES, a mismatch at read gives EIO; both log a warning and
   never deliver the tampered bytes. The whole-file check is cached under (device, inode, size,
-  mtime_ns, ctime_ns) and redone when those change. Writing, truncating, renaming or removing a
+  mtime_ns, ctime_ns) and redone when those change. The chunks the check at an open read are
+  served once to that handle's first reads while the file is unchanged (they are the bytes that
+  matched; :mod:`sealpod.runtime._trusted`). The trusted tree is built per directory on first
+  access, each entry's type (file or link) fixed by the policy's ``trusted_links``. Writing, truncating, renaming or removing a
   trusted file gives EROFS.
 * **Trusted symbolic links** are served as links. Their manifest hash is the SHA-256 of the target
   string's bytes; the target is re-read and re-checked on every ``readlink``. Whether a trusted
@@ -93,6 +96,13 @@ _SHA256_HEX = frozenset("0123456789abcdef")
 _TIMEOUT = 1.0
 _READAHEAD_KB = 1024
 _BLKSIZE = 1 << 20
+#: Trusted files up to this size are verified on the FUSE thread (no worker-thread hop).
+_INLINE_VERIFY = 256 << 10
+#: The chunks a verification at open just read are kept for the first reads of that handle
+#: (no second read and tag check), for files up to _KEEP_PER_FILE and up to _KEEP_TOTAL bytes
+#: over all open handles.
+_KEEP_PER_FILE = 16 << 20
+_KEEP_TOTAL = 64 << 20
 
 
 class _Kind(Enum):
@@ -846,17 +856,29 @@ class _ShieldOperations(pyfuse3.Operations):
         except OSError:
             raise _refuse(errno.EACCES, path, "trusted file cannot be opened") from None
         try:
-            # Hash on a worker thread (hashlib releases the GIL) so other requests go on.
-            content = await trio.to_thread.run_sync(
-                functools.partial(self._verified.verify, fd, node.expected, path=path)
+            held = sum(
+                h.reader.held_bytes for h in self._handles.values() if isinstance(h, _TrustedHandle)
             )
+            verify = functools.partial(
+                self._verified.verify_keeping,
+                fd,
+                node.expected,
+                path=path,
+                keep_limit=min(_KEEP_PER_FILE, _KEEP_TOTAL - held),
+            )
+            if os.fstat(fd).st_size <= _INLINE_VERIFY:
+                content, chunks = verify()  # small: cheaper than the thread hop
+            else:
+                # Hash on a worker thread (hashlib releases the GIL) so other requests go on.
+                content, chunks = await trio.to_thread.run_sync(verify)
         except TrustedFileModifiedError as exc:
             os.close(fd)
             raise _refuse(errno.EACCES, path, str(exc)) from None
         except BaseException:
             os.close(fd)
             raise
-        fh = self._fh(_TrustedHandle(TrustedReader(fd, content, path=path)))
+        reader = TrustedReader(fd, content, path=path, verified_chunks=chunks)
+        fh = self._fh(_TrustedHandle(reader))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_boundary
