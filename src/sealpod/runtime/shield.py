@@ -15,8 +15,9 @@ It serves a *backing rootfs directory* (the unpacked image) under a :class:`Shie
   trusted file gives EROFS.
 * **Trusted symbolic links** are served as links. Their manifest hash is the SHA-256 of the target
   string's bytes; the target is re-read and re-checked on every ``readlink``. Whether a trusted
-  path is a file or a link is fixed when the shield is mounted (from the backing rootfs); a later
-  change of type is refused.
+  path is a file or a link is fixed before anything is served: by the policy's ``trusted_links``
+  (the measured manifest's types; ``sealpod run``) or, without them, by the backing rootfs when
+  the shield is mounted. A different type found later is refused.
 * **Allowed** paths (a path allows itself and everything below it) pass through read-write to the
   backing directory. New files are owned by the calling uid/gid.
 * **tmpfs** paths are in-memory directories; **memory files** (secrets delivered at activation)
