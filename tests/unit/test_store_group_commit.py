@@ -123,3 +123,25 @@ def test_writers_in_two_processes_lose_no_update(tmp_path: Path) -> None:
         assert store.get("c", "n") == str(2 * rounds).encode()
         assert store.version == 1 + 2 * rounds
         store.verify_integrity()
+
+
+def test_paged_read_with_pending_writes_matches_the_merged_view(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'state.db'}", SEALING_KEY) as store:
+        stored = [f"k{i:02d}" for i in range(10)]
+
+        def fill(tx: Transaction) -> None:
+            for key in stored:
+                tx.put("ns", key, b"v")
+
+        store.transact(fill)
+
+        def page(tx: Transaction) -> list[list[str]]:
+            for key in ("k00", "k01", "k03"):
+                tx.delete("ns", key)
+            tx.put("ns", "k025", b"new")
+            return [tx.keys("ns", limit=n) for n in range(1, 9)]
+
+        pages = store.transact(page)
+        # The merged view, computed here: stored minus deletions plus the new key.
+        merged = sorted((set(stored) - {"k00", "k01", "k03"}) | {"k025"})
+        assert pages == [merged[:n] for n in range(1, 9)]

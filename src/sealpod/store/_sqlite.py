@@ -28,14 +28,12 @@ from sealpod.store._backend import Backend, Session, StoreConflictError, StoreUn
 _logger = logging.getLogger(__name__)
 
 #: Records per batched query (SQLite allows 32766 parameters since 3.32; stay well below).
-_BATCH = 200
+_BATCH = 100
 _PUT_RECORDS_HEAD = "INSERT INTO sealpod_records (namespace, key, version, blob) VALUES "
 _PUT_RECORDS_TAIL = (
     " ON CONFLICT (namespace, key) DO UPDATE SET version = excluded.version, blob = excluded.blob"
 )
-_GET_RECORDS = (
-    "SELECT namespace, key, version, blob FROM sealpod_records WHERE (namespace, key) IN (VALUES "
-)
+_GET_RECORDS = "SELECT namespace, key, version, blob FROM sealpod_records WHERE "
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sealpod_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
@@ -86,8 +84,10 @@ class _SQLiteSession(Session):
         found: dict[tuple[str, str], tuple[int, bytes]] = {}
         for start in range(0, len(names), _BATCH):
             chunk = names[start : start + _BATCH]
-            # Only "(?, ?)" placeholders are formatted in; the names are bound parameters.
-            query = _GET_RECORDS + ",".join("(?, ?)" for _ in chunk) + ")"
+            # Only placeholders are formatted in; the names are bound parameters. An OR of
+            # equalities is answered from the primary key (SQLite plans "(namespace, key) IN
+            # (VALUES ...)" as a scan of the whole table).
+            query = _GET_RECORDS + " OR ".join("(namespace = ? AND key = ?)" for _ in chunk)
             rows = self._db.execute(
                 query,
                 [part for name in chunk for part in name],

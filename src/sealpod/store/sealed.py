@@ -399,7 +399,10 @@ class Transaction:
             self._session,
             namespace,
             start_after=start_after,
-            limit=None if pending else limit,
+            # Each pending deletion hides at most one stored row, so this many stored rows
+            # always hold the first ``limit`` of the merged view (never read the whole
+            # namespace: it may be large, e.g. used nonces).
+            limit=None if limit is None else limit + len(pending),
             head_version=self.base_version,
         )
         merged = dict(stored)
