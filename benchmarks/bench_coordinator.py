@@ -368,7 +368,11 @@ def measure(
 
 def _row(name: str, result: Result, baseline: Result | None, bar: str = "") -> dict[str, Any]:
     return {
-        "benchmark": f"{name}: {result.clients} client(s), activations/s",
+        "benchmark": (
+            f"{name}: {result.clients} client(s), activations/s"
+            f" (p50 {result.percentile(0.5) * 1000:.0f} ms, p99 {result.percentile(0.99) * 1000:.0f}"
+            " ms; baseline: 2 x GET /healthz)"
+        ),
         "sealpod": round(result.rate, 1),
         "baseline": None if baseline is None else round(baseline.rate, 1),
         "ratio": None if baseline is None else round(result.rate / baseline.rate, 3),
