@@ -91,6 +91,37 @@ class _PostgresSession(Session):
             (namespace, key, version, blob),
         )
 
+    def get_records(self, names: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, bytes]]:
+        # One round trip for all of them (the names are bound as two arrays).
+        if not names:
+            return {}
+        rows = self._db.execute(
+            "SELECT r.namespace, r.key, r.version, r.blob FROM sealpod_records r"
+            " JOIN unnest(%s::text[], %s::text[]) AS w(namespace, key)"
+            ' ON r.namespace = w.namespace COLLATE "C" AND r.key = w.key COLLATE "C"',
+            ([namespace for namespace, _ in names], [key for _, key in names]),
+        ).fetchall()
+        return {
+            (str(namespace), str(key)): (int(version), bytes(blob))  # type: ignore[call-overload]
+            for namespace, key, version, blob in rows
+        }
+
+    def put_records(self, rows: list[tuple[str, str, int, bytes]]) -> None:
+        if not rows:
+            return
+        self._db.execute(
+            "INSERT INTO sealpod_records (namespace, key, version, blob)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bytea[])"
+            " ON CONFLICT (namespace, key) DO UPDATE"
+            " SET version = excluded.version, blob = excluded.blob",
+            (
+                [row[0] for row in rows],
+                [row[1] for row in rows],
+                [row[2] for row in rows],
+                [row[3] for row in rows],
+            ),
+        )
+
     def delete_record(self, namespace: str, key: str) -> None:
         self._db.execute(
             "DELETE FROM sealpod_records WHERE namespace = %s AND key = %s", (namespace, key)
