@@ -184,11 +184,28 @@ class ActivationMixin(CoordinatorBase):
                 self._policy_cache[key] = cached
         return cached
 
+    def _used_key_if_valid(self, nonce_hex: str, now: float) -> str | None:
+        """The used-record key of a nonce we issued and that has not expired, else ``None``
+        (the checks in :meth:`_activate` raise the reason in their turn)."""
+        if self._nonces is None:
+            return None
+        try:
+            nonce = bytes.fromhex(nonce_hex)
+            return used_key(nonce, self._nonces.check(nonce, now))
+        except (ValueError, VerificationError):
+            return None
+
     def _activate(self, request: ActivationRequestData, spent: list[str]) -> ActivationOutcome:
         store = self._require_store()
         now = self._now()
         now_dt = datetime.datetime.fromtimestamp(now, datetime.UTC)
-        info, ca = self._deployment()
+        # The manifest digest and the nonce's used-record are read in one snapshot (one
+        # database round trip instead of two); the checks below still run, and refuse, in
+        # their order. The used-record read here is an early refusal only: the write
+        # transaction checks it again atomically.
+        info, ca, used_record = self._deployment_and(
+            USED_NAMESPACE, self._used_key_if_valid(request.nonce_hex, now)
+        )
         if info is None:
             raise RequestRefusedError("no_manifest", "no manifest has been set", status=409)
         manifest = info.manifest
@@ -208,7 +225,7 @@ class ActivationMixin(CoordinatorBase):
         if self._nonces is None:  # pragma: no cover - set whenever there is a store
             raise RequestRefusedError("recovery_mode", "the coordinator is in recovery", status=503)
         used = used_key(nonce, self._nonces.check(nonce, now))
-        if store.get(USED_NAMESPACE, used) is not None:
+        if used_record is not None and used_record[0] == used:
             raise VerificationError("nonce_reused", "the nonce was already used")
         # From here on the nonce is spent, whatever happens (checked again atomically below).
         spent.append(used)

@@ -440,6 +440,27 @@ class CoordinatorBase:
             return self._reload(store)
         return info, ca
 
+    def _deployment_and(
+        self, namespace: str, key: str | None
+    ) -> tuple[ManifestInfo | None, CoordinatorCA, tuple[str, bytes] | None]:
+        """:meth:`_deployment`, plus the record ``namespace/key`` (when a key is given) read in
+        the same snapshot: ``(key, value)`` if it exists, else ``None``.
+
+        Raises:
+            RequestRefusedError: ``recovery_mode``.
+        """
+        store = self._require_store()
+        with self._lock:
+            info, ca = self._manifest, self._ca
+        with store.snapshot() as view:
+            stored = view.get(_NS, _MANIFEST_SHA_KEY)
+            value = view.get(namespace, key) if key is not None else None
+        record = (key, value) if key is not None and value is not None else None
+        if ca is None or (stored is not None and (info is None or stored != info.sha256)):
+            _logger.info("the manifest changed in the shared state; reloading")
+            info, ca = self._reload(store)
+        return info, ca, record
+
     def close(self) -> None:
         """Close the store and the PCCS clients."""
         if self._store is not None:
