@@ -113,6 +113,13 @@ def coordinator() -> None:
     show_default=True,
     help="Log lines on stderr as text or as one JSON object each [env SEALPOD_LOG_FORMAT].",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    envvar="SEALPOD_WORKERS",
+    default=None,
+    help="Serving processes sharing the port; one per CPU for throughput [env SEALPOD_WORKERS; default 1].",
+)
 def serve(
     state_url: str | None,
     listen: str,
@@ -123,6 +130,7 @@ def serve(
     pccs_url: str | None,
     pccs_ca_file: Path | None,
     log_format: str,
+    workers: int | None,
 ) -> None:
     """Serve the coordinator API over HTTPS until interrupted."""
     if log_format == "json":
@@ -142,7 +150,11 @@ def serve(
         where = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{where}: {first['msg']}") from exc
     server = CoordinatorServer.build(
-        settings, host=host, port=port, server_names_extra=server_names
+        settings,
+        host=host,
+        port=port,
+        server_names_extra=server_names,
+        workers=workers,
     )
     status = server.coordinator.status()
     click.echo(

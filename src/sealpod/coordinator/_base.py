@@ -98,6 +98,9 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: Curve size of the mesh intermediate CA (the root is always P-384).
+MESH_KEY_SIZE = 256
 _T = TypeVar("_T")
 
 _NS = "coordinator"
@@ -382,7 +385,11 @@ class CoordinatorBase:
             raw = tx.get(_NS, _CA_KEY)
             if raw is not None:
                 return CoordinatorCA.from_bytes(raw)
-            ca = CoordinatorCA.create(now=now, name=name, simulated=simulated)
+            # The root is P-384 for the life of the deployment; the mesh intermediate that signs every
+            # activation is P-256 (half the signing cost, the same strength as the P-256 leaves).
+            ca = CoordinatorCA.create(
+                now=now, name=name, simulated=simulated, mesh_key_size=MESH_KEY_SIZE
+            )
             tx.put(_NS, _CA_KEY, ca.to_bytes())
             AuditLog.append(
                 tx,

@@ -17,6 +17,7 @@ from sealpod.coordinator._base import (
     _MANIFEST_SIGNATURE_KEY,
     _NS,
     _PENDING_UPDATE_KEY,
+    MESH_KEY_SIZE,
     CoordinatorBase,
     ManifestInfo,
     UpdateStatus,
@@ -321,7 +322,7 @@ class GovernanceMixin(CoordinatorBase):
         raw_ca = tx.get(_NS, _CA_KEY)
         if raw_ca is None:  # pragma: no cover - written on first start
             raise VerificationError("pki_state_malformed", "the coordinator CA is missing")
-        ca = CoordinatorCA.from_bytes(raw_ca).rotate_mesh(now=now)
+        ca = CoordinatorCA.from_bytes(raw_ca).rotate_mesh(now=now, key_size=MESH_KEY_SIZE)
         canonical = canonical_json(manifest)
         digest = manifest_digest(manifest)
         signature = self._sign(ca, canonical)
