@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from cryptography import x509
@@ -33,21 +33,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sealpod.attestation.collateral import Collateral
-from sealpod.attestation.pccs import PCCSClient
-from sealpod.attestation.policy import AppraisalPolicy
-from sealpod.attestation.verify import VerifiedEvidence, verify_quote
-from sealpod.coordinator.auth import (
-    UserPrivateKey,
-    authorization_header,
-    service_authorization_header,
-)
 from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.errors import ConfigError, NetworkError, VerificationError
 from sealpod.pki import public_key_der, verify_chain
-from sealpod.store import AuditEntry, AuditHead, verify_audit_entries
 from sealpod.tee import SimulationBackend, TEEBackend
+
+if TYPE_CHECKING:
+    # Imported where used: `sealpod run --coordinator` (activate) needs none of them, and they
+    # cost ~300 ms of start-up (pydantic, dcap-qvl, yaml, jinja2, the sealed store).
+    from sealpod.attestation.collateral import Collateral
+    from sealpod.attestation.verify import VerifiedEvidence
+    from sealpod.coordinator.auth import UserPrivateKey
+    from sealpod.store import AuditEntry, AuditHead
 
 __all__ = [
     "ActivationResult",
@@ -252,6 +250,11 @@ def verify_coordinator(
         VerificationError: the quote, its identity or its binding to the root fails.
         QuoteFormatError: the quote does not parse.
     """
+    from sealpod.attestation.collateral import Collateral
+    from sealpod.attestation.pccs import PCCSClient
+    from sealpod.attestation.policy import AppraisalPolicy
+    from sealpod.attestation.verify import verify_quote
+
     base = _base(url)
     if expect_mrenclave is None:
         if not allow_simulation:
@@ -395,6 +398,8 @@ def _signed_request(
     clock: Callable[[], float],
     timeout: float,
 ) -> httpx.Response:
+    from sealpod.coordinator.auth import authorization_header
+
     root = x509.load_pem_x509_certificate(root_pem)
     header = authorization_header(
         key,
@@ -741,6 +746,8 @@ def _service_request(
     clock: Callable[[], float],
     timeout: float,
 ) -> httpx.Response:
+    from sealpod.coordinator.auth import service_authorization_header
+
     root = x509.load_pem_x509_certificate(root_pem)
     header = service_authorization_header(
         activation.private_key,
@@ -859,6 +866,8 @@ def fetch_audit(
             ``audit_chain_broken``, ``audit_entry_hash_mismatch``, ...) or the answer is malformed.
         RequestRefusedError: ``recovery_mode`` and other refusals.
     """
+    from sealpod.store import AuditEntry, AuditHead, verify_audit_entries
+
     entries: list[AuditEntry] = []
     head: AuditHead | None = None
     try:
@@ -960,10 +969,10 @@ def activate(
         if not isinstance(backend, SimulationBackend):
             raise ConfigError("collateral is needed to activate with a hardware TEE")
         collateral_json: Mapping[str, Any] = backend.platform.collateral()
-    elif isinstance(collateral, Collateral):
-        collateral_json = collateral.to_mapping()
-    else:
+    elif isinstance(collateral, Mapping):
         collateral_json = dict(collateral)
+    else:
+        collateral_json = collateral.to_mapping()  # a Collateral
     for attempt in range(1, _ACTIVATION_ATTEMPTS + 1):
         try:
             return _activate_once(
