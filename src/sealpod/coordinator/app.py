@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -30,6 +32,7 @@ from sealpod.coordinator.auth import AUTH_SCHEME, SERVICE_AUTH_SCHEME
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.coordinator.metrics import CONTENT_TYPE
 from sealpod.coordinator.service import (
+    ActivationOutcome,
     ActivationRequestData,
     Coordinator,
     UpdateStatus,
@@ -468,8 +471,167 @@ def _bundle_pem(bundle: tuple[x509.Certificate, ...]) -> str:
     return certificates_to_pem(bundle).decode("ascii")
 
 
-def _json_response(model: BaseModel) -> Response:
-    return Response(content=model.model_dump_json(), media_type="application/json")
+def _json_bytes_response(body: bytes) -> Response:
+    return Response(content=body, media_type="application/json")
+
+
+def _nonce_body(core: Coordinator) -> bytes:
+    # Issuing is a MAC and, once a manifest is known, touches no store: no thread hop.
+    issued = core.new_nonce()
+    return (
+        NonceResponse(nonce=issued.value.hex(), expires_at=issued.expires_at)
+        .model_dump_json()
+        .encode()
+    )
+
+
+def _activation_data(body: ActivationRequest) -> ActivationRequestData:
+    return ActivationRequestData(
+        service=body.service,
+        instance=body.instance,
+        csr_pem=body.csr,
+        nonce_hex=body.nonce,
+        quote_hex=body.quote,
+        collateral=body.collateral,
+    )
+
+
+def _activation_body(outcome: ActivationOutcome) -> bytes:
+    """The JSON of an :class:`ActivationResponse`, serialised by pydantic-core (built here
+    rather than returned, which would make FastAPI validate it again)."""
+    rendered = outcome.rendered
+    return (
+        ActivationResponse(
+            service=outcome.service,
+            instance=outcome.instance,
+            simulated=outcome.evidence.simulated,
+            certificate=_pem(outcome.certificate),
+            certificate_chain=certificates_to_pem(outcome.certificate_chain).decode("ascii"),
+            trust_bundle=_bundle_pem(outcome.trust_bundle),
+            root_certificate=_cached_pem(outcome.root_certificate),
+            files=encode_files(rendered.files),
+            env=dict(rendered.env),
+            argv=None if rendered.argv is None else list(rendered.argv),
+            private_key_placeholder=outcome.private_key_placeholder,
+            volumes={
+                name: VolumeGrantModel(
+                    mount=grant.mount,
+                    key=base64.b64encode(grant.key).decode("ascii"),
+                    rollback_protected=grant.rollback_protected,
+                )
+                for name, grant in outcome.volumes.items()
+            },
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+_NONCE_PATH = "/api/v1/activation/nonce"
+_ACTIVATION_PATH = "/api/v1/activation"
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+class _HotRoutes:
+    """ASGI middleware serving the two activation endpoints (the hot path: two requests per
+    activation) without FastAPI's per-request dependency solving, validation and exception
+    middlewares. The FastAPI routes stay declared: they describe these endpoints in the
+    OpenAPI document and answer what this does not take (anything but a POST whose body is
+    ``application/json`` and validates as :class:`ActivationRequest`, so malformed requests
+    get FastAPI's own 422). The request is validated by the same pydantic model as the route,
+    errors are answered by the app's own exception handlers, and the blocking work runs in a
+    worker thread as before.
+    """
+
+    def __init__(self, app: _ASGIApp, core: Coordinator, fastapi_app: FastAPI) -> None:
+        self._app = app
+        self._core = core
+        self._fastapi = fastapi_app
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self._app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == _NONCE_PATH:
+            try:
+                body = _nonce_body(self._core)
+            except Exception as exc:  # the app's handler answers it, or it is re-raised
+                await self._refuse(scope, receive, send, exc)
+                return
+            await _send_json(send, body)
+            return
+        if path != _ACTIVATION_PATH or not _is_json(scope):
+            await self._app(scope, receive, send)
+            return
+        raw = await _read_body(receive)
+        try:
+            request = ActivationRequest.model_validate(json.loads(raw))
+        except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError too
+            await self._app(scope, _replay(raw, receive), send)
+            return
+        try:
+            outcome = await run_in_threadpool(self._core.activate, _activation_data(request))
+            body = _activation_body(outcome)
+        except Exception as exc:  # the app's handler answers it, or it is re-raised
+            await self._refuse(scope, receive, send, exc)
+            return
+        await _send_json(send, body)
+
+    async def _refuse(self, scope: _Scope, receive: _Receive, send: _Send, exc: Exception) -> None:
+        handlers = self._fastapi.exception_handlers
+        for kind in type(exc).__mro__:
+            if kind is Exception:
+                break  # unexpected errors go up to the server-error middleware, as for routes
+            handler = handlers.get(kind)
+            if handler is not None:
+                result = handler(Request(scope, receive), exc)
+                response = await result if inspect.isawaitable(result) else result
+                await response(scope, receive, send)
+                return
+        raise exc
+
+
+def _is_json(scope: _Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value.split(b";", 1)[0].strip().lower() == b"application/json")
+    return False
+
+
+async def _read_body(receive: _Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # disconnected: what came is all there is
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: _Receive) -> _Receive:
+    """A ``receive`` that gives ``body`` (already read) once, then defers to ``receive``."""
+    pending = [body]
+
+    async def replayed() -> _Message:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _send_json(send: _Send, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [_JSON_HEADERS, (b"content-length", str(len(body)).encode("ascii"))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(
@@ -503,6 +665,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.coordinator = core
+    app.add_middleware(_HotRoutes, core=core, fastapi_app=app)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     _install_error_handlers(app)
 
@@ -581,50 +744,15 @@ def create_app(
 
     @app.post("/api/v1/activation/nonce", response_model=NonceResponse, responses=_ERRORS)
     async def activation_nonce() -> Response:
-        # Issuing is a MAC and, once a manifest is known, touches no store: no thread hop.
-        issued = core.new_nonce()
-        return _json_response(NonceResponse(nonce=issued.value.hex(), expires_at=issued.expires_at))
+        # Normally answered by _HotRoutes; this route documents it (and is its fallback).
+        return _json_bytes_response(_nonce_body(core))
 
     @app.post("/api/v1/activation", response_model=ActivationResponse, responses=_ERRORS)
     async def activation(body: Annotated[ActivationRequest, Body()]) -> Response:
-        # The hot path: one hop to a worker thread for the blocking work (verification,
-        # signing, the store), and the response built here and serialised by pydantic-core
-        # (returning the model would make FastAPI validate it again, in another thread hop).
-        outcome = await run_in_threadpool(
-            core.activate,
-            ActivationRequestData(
-                service=body.service,
-                instance=body.instance,
-                csr_pem=body.csr,
-                nonce_hex=body.nonce,
-                quote_hex=body.quote,
-                collateral=body.collateral,
-            ),
-        )
-        rendered = outcome.rendered
-        return _json_response(
-            ActivationResponse(
-                service=outcome.service,
-                instance=outcome.instance,
-                simulated=outcome.evidence.simulated,
-                certificate=_pem(outcome.certificate),
-                certificate_chain=certificates_to_pem(outcome.certificate_chain).decode("ascii"),
-                trust_bundle=_bundle_pem(outcome.trust_bundle),
-                root_certificate=_cached_pem(outcome.root_certificate),
-                files=encode_files(rendered.files),
-                env=dict(rendered.env),
-                argv=None if rendered.argv is None else list(rendered.argv),
-                private_key_placeholder=outcome.private_key_placeholder,
-                volumes={
-                    name: VolumeGrantModel(
-                        mount=grant.mount,
-                        key=base64.b64encode(grant.key).decode("ascii"),
-                        rollback_protected=grant.rollback_protected,
-                    )
-                    for name, grant in outcome.volumes.items()
-                },
-            )
-        )
+        # Normally answered by _HotRoutes; this route documents it, and answers the requests
+        # that do not validate (with FastAPI's 422) or are not application/json.
+        outcome = await run_in_threadpool(core.activate, _activation_data(body))
+        return _json_bytes_response(_activation_body(outcome))
 
     signed_description = (
         "Signed by a manifest user: Authorization: Sealpod-Signature (sealpod.coordinator.auth)."
