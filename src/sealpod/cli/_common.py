@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -142,3 +144,46 @@ class LazyGroup(click.Group):
         if not isinstance(loaded, click.Command):
             raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
         return loaded
+
+
+@dataclass(frozen=True)
+class ByteProgress:
+    """A running progress bar counting bytes (see :func:`byte_progress`)."""
+
+    _bar: Any
+    _task: Any
+
+    def advance(self, done: int) -> None:
+        """Count ``done`` more bytes."""
+        self._bar.advance(self._task, done)
+
+    def update(self, done: int, total: int) -> None:
+        """Set the bytes done so far and the total."""
+        self._bar.update(self._task, completed=done, total=total)
+
+
+@contextlib.contextmanager
+def byte_progress(label: str, total: int | None = None) -> Iterator[ByteProgress | None]:
+    """A byte progress bar on stderr when it is a terminal; ``None`` otherwise (STYLE.md 9)."""
+    if not stdout_is_terminal():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        yield ByteProgress(bar, bar.add_task(label, total=total))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from sealpod.cli._common import json_option, stdout_is_terminal
+from sealpod.cli._common import byte_progress, json_option
 from sealpod.cli.inspect import show_package
 from sealpod.errors import ConfigError
 from sealpod.package import build_package, parse_volume
@@ -23,33 +23,8 @@ _PASSWORD_ENV = "SEALPOD_SIGNING_KEY_PASSWORD"  # noqa: S105 (a variable name)
 @contextlib.contextmanager
 def _progress() -> Iterator[HashProgress | None]:
     """A byte progress bar for hashing on stderr, only when it is a terminal."""
-    if not stdout_is_terminal():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("hashing"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("hashing", total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+    with byte_progress("hashing") as bar:
+        yield None if bar is None else bar.update
 
 
 def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:

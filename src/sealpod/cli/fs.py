@@ -20,10 +20,10 @@ from typing import Any
 import click
 
 from sealpod.cli._common import (
+    byte_progress,
     emit,
     json_option,
     read_bytes,
-    stdout_is_terminal,
     write_bytes_atomic,
 )
 from sealpod.encfs import (
@@ -117,31 +117,13 @@ def _check_path_flags(bound_path: str | None, verify_path: bool) -> None:
 
 @contextlib.contextmanager
 def _progress(label: str, files: list[Path]) -> Iterator[Callable[[int], None] | None]:
-    """A byte progress bar on stderr when it is a terminal (else nothing)."""
+    """A byte progress bar on stderr for large inputs when it is a terminal (else nothing)."""
     total = sum(path.stat().st_size for path in files if path.is_file())
-    if not stdout_is_terminal() or total < (16 << 20):
+    if total < (16 << 20):
         yield None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn(label),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda done: bar.advance(task, done)
+    with byte_progress(label, total) as bar:
+        yield None if bar is None else bar.advance
 
 
 def _record(info: EncryptedFileInfo, **extra: Any) -> dict[str, Any]:
