@@ -30,13 +30,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import dcap_qvl
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
+from sealpod._internal.models import RevalidatingModel
 from sealpod.errors import VerificationError
 
 __all__ = [
@@ -273,7 +274,7 @@ class _Facts:
     expires_at: int
 
 
-class Collateral(BaseModel):
+class Collateral(RevalidatingModel):
     """Quote collateral: the fields of dcap-qvl's ``QuoteCollateralV3``.
 
     Build it with :meth:`from_dcap_qvl_json`, :meth:`from_mapping` or :meth:`from_pcs_responses`;
@@ -336,18 +337,6 @@ class Collateral(BaseModel):
         self._not_before = max(item.issued for item in items)
         self._not_after = min(item.next_update for item in items)
         return self
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy with ``update`` applied and validated again.
-
-        pydantic's default copies without validation (and would keep values derived from the
-        old fields); this one builds a new, checked object.
-        """
-        if not update:
-            return self  # immutable: sharing is a copy
-        data = self.model_dump()
-        data.update(update)
-        return self.model_validate(data)
 
     def __repr__(self) -> str:
         return (

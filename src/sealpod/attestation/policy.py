@@ -28,11 +28,10 @@ import logging
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -42,6 +41,7 @@ from pydantic import (
     model_validator,
 )
 
+from sealpod._internal.models import RevalidatingModel
 from sealpod.errors import ConfigError, VerificationError
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ Hex64 = Annotated[bytes, BeforeValidator(_hex_of(64)), _to_hex]
 _U16 = Annotated[int, Field(ge=0, le=0xFFFF)]
 
 
-class AppraisalPolicy(BaseModel):
+class AppraisalPolicy(RevalidatingModel):
     """The claims verified evidence must carry (all fields optional; defaults are safe).
 
     SGX identity: ``mrenclave`` (any of a list) and/or ``mrsigner`` + ``isv_prod_id`` +
@@ -160,18 +160,6 @@ class AppraisalPolicy(BaseModel):
             value is not None
             for value in (self.mr_td, self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
         )
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy with ``update`` applied and validated again.
-
-        pydantic's default copies without validation (and would keep values derived from the
-        old fields); this one builds a new, checked object.
-        """
-        if not update:
-            return self  # immutable: sharing is a copy
-        data = self.model_dump()
-        data.update(update)
-        return self.model_validate(data)
 
     # -- loading ---------------------------------------------------------------------------
 
