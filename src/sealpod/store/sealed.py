@@ -123,6 +123,8 @@ _MAX_NAME = 255
 _ZERO_DIGEST = bytes(32)
 #: Most transaction bodies one group commit runs (bounds a group's latency).
 _GROUP_MAX = 64
+#: AES-GCM nonces drawn from the OS per refill of :class:`_NonceSource`.
+_NONCE_BLOCK = 256
 
 
 class StoreSealedError(SealpodError):
@@ -167,6 +169,41 @@ class _Key:
 
     def __repr__(self) -> str:
         return "<secret>"
+
+
+class _NonceSource:
+    """Random 96-bit AES-GCM nonces, drawn from the OS CSPRNG ``_NONCE_BLOCK`` at a time.
+
+    ``os.urandom`` releases the GIL, and taking it back can wait for another thread's time
+    slice (milliseconds): per record sealed that happened while the group-commit leader held
+    the writer locks. Drawn in blocks, each nonce is still fresh OS randomness, handed out
+    once (under a lock); a forked child starts with an empty block.
+    """
+
+    __slots__ = ("_block", "_lock", "_offset")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._block = b""
+        self._offset = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            start = self._offset
+            if start + _NONCE > len(self._block):
+                self._block = os.urandom(_NONCE * _NONCE_BLOCK)
+                start = 0
+            self._offset = start + _NONCE
+            return self._block[start : start + _NONCE]
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._block = b""
+        self._offset = 0
+
+
+_nonces = _NonceSource()
+os.register_at_fork(after_in_child=_nonces.reset)
 
 
 def _enc(text: str) -> bytes:
@@ -228,7 +265,7 @@ class _Crypto:
         )  # fmt: skip
 
     def seal_record(self, namespace: str, key: str, version: int, value: bytes) -> bytes:
-        nonce = os.urandom(_NONCE)
+        nonce = _nonces.take()
         return nonce + self._aead.encrypt(nonce, value, self._record_aad(namespace, key, version))
 
     def open_record(self, namespace: str, key: str, version: int, blob: bytes) -> bytes:
@@ -250,7 +287,7 @@ class _Crypto:
         return hmac.digest(self._mac_key.value, message, "sha256")
 
     def seal_head(self, version: int, digest: bytes) -> bytes:
-        nonce = os.urandom(_NONCE)
+        nonce = _nonces.take()
         plaintext = _HEAD_MAGIC + struct.pack(">Q", version) + digest
         return nonce + self._aead.encrypt(nonce, plaintext, _LABEL + b"/head\x00" + self.store_id)
 
