@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import json
@@ -22,7 +23,7 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -218,6 +219,16 @@ def pinned_client(url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOU
     return httpx.Client(base_url=_base(url), verify=pinned_ssl_context(root_pem), timeout=timeout)
 
 
+@contextlib.contextmanager
+def _coordinator_session(url: str, root_pem: bytes, timeout: float) -> Iterator[httpx.Client]:
+    """A client pinned to ``root_pem``; transport failures become :class:`NetworkError`."""
+    try:
+        with pinned_client(url, root_pem, timeout=timeout) as client:
+            yield client
+    except httpx.HTTPError as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+
+
 def verify_coordinator(
     url: str,
     *,
@@ -344,11 +355,8 @@ def fetch_manifest(
         VerificationError: ``manifest_signature_invalid`` or ``manifest_digest_mismatch``.
         RequestRefusedError: ``no_manifest`` and other refusals.
     """
-    try:
-        with pinned_client(url, root_pem, timeout=timeout) as client:
-            body = _json(client.get("/api/v1/manifest"))
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    with _coordinator_session(url, root_pem, timeout) as client:
+        body = _json(client.get("/api/v1/manifest"))
     manifest = _field(body, "manifest", dict)
     canonical = json.dumps(
         manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False
@@ -413,11 +421,8 @@ def _signed_request(
     headers = {"authorization": header}
     if body:
         headers["content-type"] = "application/json"
-    try:
-        with pinned_client(url, root_pem, timeout=timeout) as client:
-            return client.request(method, path, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    with _coordinator_session(url, root_pem, timeout) as client:
+        return client.request(method, path, content=body, headers=headers)
 
 
 def _secret_path(name: str) -> str:
@@ -666,15 +671,10 @@ def submit_recovery_share(
         VerificationError: the shares do not rebuild the state's key.
         RequestRefusedError: ``not_in_recovery``, ``duplicate_share``...
     """
-    try:
-        with pinned_client(url, pinned_pem, timeout=timeout) as client:
-            return _json(
-                client.post(
-                    "/api/v1/recover", json={"share": base64.b64encode(share).decode("ascii")}
-                )
-            )
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    with _coordinator_session(url, pinned_pem, timeout) as client:
+        return _json(
+            client.post("/api/v1/recover", json={"share": base64.b64encode(share).decode("ascii")})
+        )
 
 
 def raise_package_svn(
@@ -761,11 +761,8 @@ def _service_request(
     headers = {"authorization": header}
     if body:
         headers["content-type"] = "application/json"
-    try:
-        with pinned_client(url, root_pem, timeout=timeout) as client:
-            return client.request(method, path, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    with _coordinator_session(url, root_pem, timeout) as client:
+        return client.request(method, path, content=body, headers=headers)
 
 
 def get_volume_tag(
@@ -870,32 +867,29 @@ def fetch_audit(
 
     entries: list[AuditEntry] = []
     head: AuditHead | None = None
-    try:
-        with pinned_client(url, root_pem, timeout=timeout) as client:
-            first = _json(client.get("/api/v1/audit", params={"start": 0, "limit": 1}))
-            raw_head = first.get("head")
-            if raw_head is not None:
-                try:
-                    head = AuditHead(count=int(raw_head["count"]), hash=str(raw_head["hash"]))
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise VerificationError("malformed_response", "bad audit head") from exc
-            total = head.count if head is not None else 0
-            while len(entries) < total:
-                page = _json(
-                    client.get(
-                        "/api/v1/audit",
-                        params={
-                            "start": len(entries),
-                            "limit": min(_AUDIT_PAGE, total - len(entries)),
-                        },
-                    )
+    with _coordinator_session(url, root_pem, timeout) as client:
+        first = _json(client.get("/api/v1/audit", params={"start": 0, "limit": 1}))
+        raw_head = first.get("head")
+        if raw_head is not None:
+            try:
+                head = AuditHead(count=int(raw_head["count"]), hash=str(raw_head["hash"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise VerificationError("malformed_response", "bad audit head") from exc
+        total = head.count if head is not None else 0
+        while len(entries) < total:
+            page = _json(
+                client.get(
+                    "/api/v1/audit",
+                    params={
+                        "start": len(entries),
+                        "limit": min(_AUDIT_PAGE, total - len(entries)),
+                    },
                 )
-                batch = page.get("entries")
-                if not isinstance(batch, list) or not batch:
-                    break
-                entries.extend(AuditEntry.from_dict(entry) for entry in batch)
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+            )
+            batch = page.get("entries")
+            if not isinstance(batch, list) or not batch:
+                break
+            entries.extend(AuditEntry.from_dict(entry) for entry in batch)
     verify_audit_entries(entries[: head.count] if head else entries, head)
     return entries[: head.count] if head else entries, head
 
@@ -908,11 +902,8 @@ def coordinator_status(
     Raises:
         NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
     """
-    try:
-        with pinned_client(url, root_pem, timeout=timeout) as client:
-            return _json(client.get("/api/v1/status"))
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    with _coordinator_session(url, root_pem, timeout) as client:
+        return _json(client.get("/api/v1/status"))
 
 
 def coordinator_certificate_chain(
@@ -924,11 +915,8 @@ def coordinator_certificate_chain(
         NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
         VerificationError: ``malformed_response``.
     """
-    try:
-        with pinned_client(url, root_pem, timeout=timeout) as client:
-            body = _json(client.get("/api/v1/quote", params={"nonce": secrets.token_hex(32)}))
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"cannot reach the coordinator at {url}: {exc}") from exc
+    with _coordinator_session(url, root_pem, timeout) as client:
+        body = _json(client.get("/api/v1/quote", params={"nonce": secrets.token_hex(32)}))
     return str(_field(body, "certificate_chain", str))
 
 
