@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_shield import static_busybox, unavailable_reason
 
 pytestmark = pytest.mark.integration
 
@@ -30,32 +31,10 @@ MOUNT = "/var/lib/app"
 _APPLETS = ("sh", "cat", "echo", "ls", "cp", "mv", "rm", "mkdir", "dd", "yes", "head", "sync")
 
 
-def _static_busybox() -> Path | None:
-    found = shutil.which("busybox")
-    if found is None:
-        return None
-    head = Path(found).read_bytes()[:8192]
-    return None if b"ld-linux" in head else Path(found)
-
-
 def _unavailable() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing (FUSE unavailable)"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 (Debian package fuse3) is not installed"
     if shutil.which("bwrap") is None:
         return "bubblewrap is not installed"
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        return "pyfuse3 is not installed"
-    if os.geteuid() != 0:
-        conf = Path("/etc/fuse.conf")
-        if not conf.exists() or "\nuser_allow_other" not in "\n" + conf.read_text():
-            return "not root and /etc/fuse.conf lacks user_allow_other"
-    if _static_busybox() is None:
-        return "a static busybox is needed for the test rootfs (busybox-static)"
-    return None
+    return unavailable_reason()
 
 
 def _sha256(path: Path) -> str:
@@ -89,7 +68,7 @@ def _sqlite_closure() -> list[tuple[Path, str]] | None:
 
 
 def build_rootfs(root: Path, *, with_sqlite: bool) -> dict[str, str]:
-    busybox = _static_busybox()
+    busybox = static_busybox()
     assert busybox is not None
     (root / "bin").mkdir(parents=True)
     trusted: dict[str, str] = {}

@@ -41,7 +41,7 @@ _APPLETS = (
 _CHUNK = 1 << 20
 
 
-def _static_busybox() -> Path | None:
+def static_busybox() -> Path | None:
     found = shutil.which("busybox")
     if found is None:
         return None
@@ -64,7 +64,7 @@ def unavailable_reason() -> str | None:
         conf = Path("/etc/fuse.conf")
         if not conf.exists() or "\nuser_allow_other" not in "\n" + conf.read_text():
             return "not root and /etc/fuse.conf lacks user_allow_other (needed for allow_other)"
-    if _static_busybox() is None:
+    if static_busybox() is None:
         return "a static busybox is needed for the test rootfs (Debian package busybox-static)"
     return None
 
@@ -75,7 +75,7 @@ def sha256_file(path: Path) -> str:
 
 def build_rootfs(root: Path) -> dict[str, str]:
     """Write a tiny rootfs; return its trusted set (path -> sha256) computed independently."""
-    busybox = _static_busybox()
+    busybox = static_busybox()
     assert busybox is not None
     (root / "bin").mkdir(parents=True)
     shutil.copy(busybox, root / "bin" / "busybox")
