@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -445,6 +445,38 @@ class _BodyLimit:
 # -- the app -----------------------------------------------------------------------------------
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+#: OpenAPI request body of the manifest endpoints (JSON object or YAML text).
+_MANIFEST_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _json_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body for routes that read (and sign-check) their raw body themselves."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def _parse_body(model: type[_M], body: bytes) -> _M:
+    """Validate a raw JSON body, answering like FastAPI's own validation (422) on failure."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
 def _target(request: Request) -> str:
     """The request target as the client sent (and signed) it: raw path and query."""
     raw_path = request.scope.get("raw_path")
@@ -710,15 +742,7 @@ def create_app(
         "/api/v1/manifest",
         response_model=ManifestSetResponse,
         responses=_ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "application/yaml": {"schema": {"type": "string"}},
-                },
-            }
-        },
+        openapi_extra=_MANIFEST_REQUEST_BODY,
     )
     async def set_manifest(request: Request) -> ManifestSetResponse:
         document = await request.body()
@@ -775,22 +799,12 @@ def create_app(
         response_class=Response,
         description=signed_description,
         responses=signed_errors,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": SecretUploadRequest.model_json_schema()}
-                },
-            }
-        },
+        openapi_extra=_json_request_body(SecretUploadRequest),
     )
     async def set_secret(name: str, request: Request) -> Response:
         body = await request.body()
         user = await _user(request, body)
-        try:
-            upload = SecretUploadRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from exc
+        upload = _parse_body(SecretUploadRequest, body)
         value = None
         if upload.value is not None:
             try:
@@ -847,15 +861,7 @@ def create_app(
         response_model=UpdateResponse,
         description=signed_description + " Body: the new manifest (JSON or YAML).",
         responses=signed_errors,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "application/yaml": {"schema": {"type": "string"}},
-                },
-            }
-        },
+        openapi_extra=_MANIFEST_REQUEST_BODY,
     )
     async def propose_update(request: Request) -> UpdateResponse:
         body = await request.body()
@@ -894,20 +900,12 @@ def create_app(
         response_model=UpdateResponse,
         description=signed_description + " Raises a package's min_isv_svn (never lowers it).",
         responses=signed_errors,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": PackageSVNRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_json_request_body(PackageSVNRequest),
     )
     async def raise_package_svn(package: str, request: Request) -> UpdateResponse:
         body = await request.body()
         user = await _user(request, body)
-        try:
-            parsed = PackageSVNRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from exc
+        parsed = _parse_body(PackageSVNRequest, body)
         status = await run_in_threadpool(core.raise_min_isv_svn, user, package, parsed.min_isv_svn)
         return _update(status)
 
@@ -948,20 +946,12 @@ def create_app(
         response_model=VolumeTagResponse,
         description=service_description + " Compare-and-swap: expected_version must be current.",
         responses=signed_errors,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": VolumeTagRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_json_request_body(VolumeTagRequest),
     )
     async def set_volume_tag(name: str, request: Request) -> VolumeTagResponse:
         body = await request.body()
         service, instance = await _service(request, body)
-        try:
-            parsed = VolumeTagRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from exc
+        parsed = _parse_body(VolumeTagRequest, body)
         tag = await run_in_threadpool(
             lambda: core.set_volume_tag(
                 service,

@@ -219,6 +219,12 @@ def pinned_client(url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOU
     return httpx.Client(base_url=_base(url), verify=pinned_ssl_context(root_pem), timeout=timeout)
 
 
+def _check_name(kind: str, name: str) -> None:
+    """Refuse a secret, package or volume name that could not be a manifest name (or a path)."""
+    if not _SECRET_NAME_RE.fullmatch(name):
+        raise ConfigError(f"invalid {kind} name {name!r}")
+
+
 @contextlib.contextmanager
 def _coordinator_session(url: str, root_pem: bytes, timeout: float) -> Iterator[httpx.Client]:
     """A client pinned to ``root_pem``; transport failures become :class:`NetworkError`."""
@@ -426,8 +432,7 @@ def _signed_request(
 
 
 def _secret_path(name: str) -> str:
-    if not _SECRET_NAME_RE.fullmatch(name):
-        raise ConfigError(f"invalid secret name {name!r}")
+    _check_name("secret", name)
     return f"/api/v1/secrets/{name}"
 
 
@@ -695,8 +700,7 @@ def raise_package_svn(
         NetworkError: the coordinator cannot be reached.
         RequestRefusedError: ``svn_not_raised``, ``permission_denied``, ``update_pending``...
     """
-    if not _SECRET_NAME_RE.fullmatch(package):
-        raise ConfigError(f"invalid package name {package!r}")
+    _check_name("package", package)
     return _update(
         _json(
             _signed_request(
@@ -781,8 +785,7 @@ def get_volume_tag(
         NetworkError: the coordinator cannot be reached.
         RequestRefusedError: ``volume_not_mounted``, ``not_rollback_protected``...
     """
-    if not _SECRET_NAME_RE.fullmatch(volume):
-        raise ConfigError(f"invalid volume name {volume!r}")
+    _check_name("volume", volume)
     response = _service_request(
         url, root_pem, activation, method="GET", path=f"/api/v1/volumes/{volume}/tag",
         body=b"", clock=clock, timeout=timeout,
@@ -809,8 +812,7 @@ def set_volume_tag(
         RequestRefusedError: ``volume_tag_conflict`` (someone moved the pin: the volume here
             is not the latest), ``volume_not_mounted``, ...
     """
-    if not _SECRET_NAME_RE.fullmatch(volume):
-        raise ConfigError(f"invalid volume name {volume!r}")
+    _check_name("volume", volume)
     body = json.dumps({"expected_version": expected_version, "tag": tag.hex()}).encode()
     response = _service_request(
         url, root_pem, activation, method="PUT", path=f"/api/v1/volumes/{volume}/tag",
@@ -836,8 +838,7 @@ def reset_volume(
         NetworkError: the coordinator cannot be reached.
         RequestRefusedError: ``permission_denied``, ``unknown_volume``...
     """
-    if not _SECRET_NAME_RE.fullmatch(volume):
-        raise ConfigError(f"invalid volume name {volume!r}")
+    _check_name("volume", volume)
     response = _signed_request(
         url, root_pem, method="POST", path=f"/api/v1/volumes/{volume}/reset", body=b"",
         user=user, key=key, clock=clock, timeout=timeout,
