@@ -27,6 +27,7 @@ from sealpod.manifest import (
     secrets_referenced,
     validate_manifest,
 )
+from sealpod.manifest.templates import dry_run_problems
 
 MR = "c" * 64
 KEY_BYTES = bytes([0x00, 0x01, 0xFE, 0xFF])
@@ -288,7 +289,9 @@ def test_render_error_does_not_reveal_secret_value(pki: PKI) -> None:
 
 
 def test_dry_run_accepts_a_good_manifest() -> None:
-    dry_run(validate_manifest(_data(env={"A": "{{ secrets.db_key | hex }}"})))
+    manifest = validate_manifest(_data(env={"A": "{{ secrets.db_key | hex }}"}))
+    dry_run(manifest)
+    assert dry_run_problems(manifest) == []
 
 
 def test_syntax_error_is_refused() -> None:

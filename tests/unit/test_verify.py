@@ -209,8 +209,12 @@ def test_far_future_is_refused(sgx_case: tuple[bytes, dict[str, Any], int, dict[
 def test_trailing_bytes_after_the_quote_are_ignored(
     sgx_case: tuple[bytes, dict[str, Any], int, dict[str, Any]], sgx_policy: AppraisalPolicy
 ) -> None:
-    quote, mapping, at, _ = sgx_case
-    verify_quote(quote + b"\0" * 70, Collateral.from_mapping(mapping), at=at, policy=sgx_policy)
+    quote, mapping, at, case = sgx_case
+    padded = verify_quote(
+        quote + b"\0" * 70, Collateral.from_mapping(mapping), at=at, policy=sgx_policy
+    )
+    assert padded.mr_enclave is not None
+    assert padded.mr_enclave.hex() == case["quote_fields"]["mr_enclave"]
 
 
 def test_dcap_qvl_collateral_object_is_accepted(
