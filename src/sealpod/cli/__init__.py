@@ -33,6 +33,7 @@ _COMMANDS: dict[str, str] = {
     "build": "sealpod.cli.build:build",
     "inspect": "sealpod.cli.inspect:inspect",
     "run": "sealpod.cli.run:run",
+    "premain": "sealpod.cli.premain:premain",
     # Client commands talking to a coordinator (TLS pinned to its attested root).
     "verify": "sealpod.cli.coordinator:verify_command",
     "status": "sealpod.cli.coordinator:status_command",
