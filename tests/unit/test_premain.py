@@ -1,8 +1,9 @@
 """The sealpod premain (``--tee gramine``) and the Gramine manifest that starts it.
 
 The premain's provisioning is driven with hand-made activation results; activation against a
-real coordinator is in ``tests/integration/test_premain.py``. Expected Gramine manifest values
-come from Gramine's manifest syntax documentation (``Documentation/manifest-syntax.rst``):
+real coordinator is in ``tests/integration/test_premain_coordinator.py``. Expected Gramine
+manifest values come from Gramine's manifest syntax documentation
+(``Documentation/manifest-syntax.rst``):
 ``libos.entrypoint`` is the first executable, ``loader.argv`` its argv, ``loader.env.NAME =
 { passthrough = true }`` passes a host variable, ``fs.mounts`` entries of ``type = "tmpfs"``
 are in-enclave memory and of ``type = "encrypted"`` take their key from ``key_name``,
