@@ -373,6 +373,40 @@ def test_measured_coordinator_root_is_accepted_then_the_device_is_needed(tmp_pat
         activate_in_enclave(policy, settings)
 
 
+def test_certificate_appended_to_the_pinned_root_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sealpod.coordinator.client as client
+
+    _, attacker = _certificate()
+    device = tmp_path / "attestation"
+    device.mkdir()
+    for name in ("user_report_data", "quote"):
+        (device / name).write_bytes(b"")
+    collateral = tmp_path / "collateral.json"
+    collateral.write_text("{}")
+    seen: list[bytes] = []
+
+    def fake_activate(url: str, root_pem: bytes, *args: Any, **kwargs: Any) -> None:
+        seen.append(root_pem)
+
+    monkeypatch.setattr(client, "activate", fake_activate)
+    digest = hashlib.sha256(CERT.public_bytes(serialization.Encoding.DER)).hexdigest()
+    policy = PremainPolicy(
+        entrypoint="/app", coordinator_root_sha256=digest, attestation_dir=device
+    )
+    both = CERT_PEM + attacker.public_bytes(serialization.Encoding.PEM)
+    settings = PremainSettings(
+        coordinator="https://c:1",
+        coordinator_root=both.decode(),
+        service="web",
+        instance="i",
+        collateral_file=collateral,
+    )
+    activate_in_enclave(policy, settings)
+    assert seen == [CERT_PEM]
+
+
 def test_coordinator_root_that_is_not_a_certificate_is_refused(tmp_path: Path) -> None:
     policy = PremainPolicy(entrypoint="/app", attestation_dir=tmp_path)
     settings = PremainSettings(

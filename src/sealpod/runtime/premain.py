@@ -290,7 +290,9 @@ def _root_pem(settings: PremainSettings, policy: PremainPolicy) -> bytes:
             f"SEALPOD_COORDINATOR_ROOT has SHA-256 {digest}; the package is pinned to "
             f"{policy.coordinator_root_sha256}",
         )
-    return pem
+    # Only the one certificate checked above is trusted: text around it, or a second
+    # certificate appended by the host, must not reach the TLS trust store.
+    return root.public_bytes(serialization.Encoding.PEM)
 
 
 def _collateral(settings: PremainSettings, backend: TEEBackend) -> Mapping[str, Any]:
