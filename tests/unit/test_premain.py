@@ -641,3 +641,35 @@ def test_premain_module_runs_under_python_dash_m(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "args=x greeting=hi coord="
     assert "WITHOUT attestation or secrets" in done.stderr
+
+
+def test_sealpod_build_wires_the_premain_when_the_image_has_python_and_sealpod(
+    tmp_path: Path,
+) -> None:
+    from sealpod.image import ImageConfig, rootfs_to_image
+    from sealpod.package import build_package, open_package
+    from sealpod.sgx import EnclaveSigningKey
+
+    rootfs = tmp_path / "rootfs"
+    for name, data in {
+        "app/run": b"#!/bin/sh\necho hi\n",
+        "usr/bin/python3.11": b"\x7fELF not really",
+        SEALPOD_PREMAIN.lstrip("/"): b"# the premain\n",
+    }.items():
+        (rootfs / name).parent.mkdir(parents=True, exist_ok=True)
+        (rootfs / name).write_bytes(data)
+    (rootfs / "app/run").chmod(0o755)
+    (rootfs / "usr/bin/python3").symlink_to("python3.11")
+    config = ImageConfig(entrypoint=("/app/run",), cmd=("--serve",), env=("PATH=/usr/bin",))
+    image = rootfs_to_image(rootfs, config, tmp_path / "oci")
+    out = tmp_path / "package"
+    build_package(f"oci:{image}", out, EnclaveSigningKey.generate(), tmpfs=["/secrets"])
+
+    document = tomllib.loads(open_package(out).gramine_manifest)
+    assert document["libos"]["entrypoint"] == "/usr/bin/python3.11"
+    argv = document["loader"]["argv"]
+    assert argv[3:5] == ["-m", "sealpod.cli.premain"]
+    assert argv[argv.index("--") + 1 :] == ["/app/run", "--serve"]
+    assert argv[5:7] == ["--tmpfs", "/secrets"]
+    digest = hashlib.sha256(b"\x7fELF not really").hexdigest()
+    assert {"uri": "file:/usr/bin/python3.11", "sha256": digest} in document["sgx"]["trusted_files"]
