@@ -579,6 +579,21 @@ def test_secret_dir_covering_a_trusted_file_is_refused() -> None:
         render(enclave_manifest(), premain=GraminePremain(secret_dirs=("/app",)))
 
 
+def test_secret_dir_on_a_volume_is_refused() -> None:
+    with pytest.raises(ManifestError, match="encrypted volume"):
+        render(enclave_manifest(), premain=GraminePremain(secret_dirs=("/data",)))
+
+
+def test_entrypoint_with_a_newline_cannot_inject_manifest_keys() -> None:
+    evil = "/app/x\n[sgx.insecure]\nx = 1"
+    document = enclave_manifest().model_dump(mode="json")
+    document["trusted_files"][evil] = document["trusted_files"].pop("/app/run.sh")
+    document["entrypoint"] = evil
+    rendered = render(EnclaveManifest.from_document(document))
+    assert "insecure" not in rendered["sgx"]
+    assert rendered["loader"]["argv"][-3] == evil
+
+
 def test_secret_dirs_become_tmpfs_mounts() -> None:
     document = render(enclave_manifest(), premain=GraminePremain(secret_dirs=("/run/keys",)))
     assert {"type": "tmpfs", "path": "/run/keys"} in document["fs"]["mounts"]

@@ -138,6 +138,8 @@ def _check_premain(
     for path in premain.secret_dirs:
         if not is_normal_path(path) or path == "/":
             raise ManifestError(f"{path!r} is not an absolute path below /", path="secret_dirs")
+        if path in manifest.volumes.values():
+            raise ManifestError(f"{path} is an encrypted volume", path="secret_dirs")
         covered = next((t for t in manifest.trusted_files if is_under(t, path)), None)
         if covered is not None:
             raise ManifestError(f"{path} covers the trusted file {covered}", path="secret_dirs")
@@ -227,6 +229,6 @@ def render_gramine_manifest(
         document["loader"]["env"].update({name: {"passthrough": True} for name in PREMAIN_SETTINGS})
         header += (
             f"# The sealpod premain ({PREMAIN_MODULE}) starts first: it attests through\n"
-            f"# /dev/attestation, receives the secrets and execs {manifest.entrypoint}.\n"
+            "# /dev/attestation, receives the secrets and execs the entrypoint.\n"
         )
     return header + "\n" + tomli_w.dumps(document)
