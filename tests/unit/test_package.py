@@ -236,7 +236,9 @@ def test_original_layer_blobs_are_kept_unchanged(package: Path, images: dict[str
 
 def test_sealpod_layer_holds_exactly_the_three_files(package: Path) -> None:
     layer = open_image(f"oci:{package}").layers[-1]
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.path.read_bytes()))) as tar:
+    # Stored uncompressed (read at every start): the blob is the tar.
+    assert layer.media_type == "application/vnd.oci.image.layer.v1.tar"
+    with tarfile.open(fileobj=io.BytesIO(layer.path.read_bytes())) as tar:
         names = {m.name for m in tar if m.isfile()}
         sig = tar.extractfile("/".join((".sealpod", "enclave.sig")))
         assert sig is not None
@@ -475,6 +477,50 @@ def test_extra_file_in_the_sealpod_layer_is_refused(package: Path, tmp_path: Pat
     write_oci_layout(tmp_path / "p", opened.image.config, [*opened.rootfs_layers, layer])
     with pytest.raises(VerificationError) as caught:
         open_package(tmp_path / "p")
+    assert caught.value.reason == "package_layer_malformed"
+
+
+def _with_gzip_sealpod_layer(package: Path, dest: Path, *, truncate: bool = False) -> Path:
+    """The package with its sealpod layer stored gzip-compressed (as builds before 0.1 did)."""
+    opened = open_package(package)
+    layer = layer_from_files(
+        {
+            ENCLAVE_JSON: opened.enclave_json,
+            ENCLAVE_SIG: opened.enclave_sig,
+            GRAMINE_MANIFEST: opened.gramine_manifest.encode(),
+        },
+        dest.with_name(dest.name + "-work"),
+        compression="gzip",
+    )
+    if truncate:
+        # A well-formed descriptor (digest and diff_id of what is stored) over a gzip member
+        # that ends early.
+        cut = layer.path.read_bytes()[:-20]
+        whole = gzip.decompress(layer.path.read_bytes())
+        path = layer.path.with_name(sha_hex(cut))
+        path.write_bytes(cut)
+        layer = Layer(
+            media_type=layer.media_type,
+            digest=f"sha256:{sha_hex(cut)}",
+            size=len(cut),
+            diff_id=f"sha256:{sha_hex(whole)}",
+            path=path,
+        )
+    write_oci_layout(dest, opened.image.config, [*opened.rootfs_layers, layer])
+    return dest
+
+
+def test_gzip_sealpod_layer_of_older_packages_is_read(package: Path, tmp_path: Path) -> None:
+    copy = open_package(_with_gzip_sealpod_layer(package, tmp_path / "p"))
+    assert copy.sealpod_layer.compression == "gzip"
+    assert copy.enclave_json == open_package(package).enclave_json
+    assert verify_package(copy).mrenclave == verify_package(open_package(package)).mrenclave
+
+
+def test_truncated_gzip_sealpod_layer_is_refused(package: Path, tmp_path: Path) -> None:
+    copy = _with_gzip_sealpod_layer(package, tmp_path / "p", truncate=True)
+    with pytest.raises(VerificationError) as caught:
+        open_package(copy)
     assert caught.value.reason == "package_layer_malformed"
 
 

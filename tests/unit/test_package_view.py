@@ -241,3 +241,138 @@ def test_is_normal_path_is_normpath_without_double_slash_root() -> None:
                 and not path.startswith("//")
             )
             assert is_normal_path(path) == expected, path
+
+
+# The fast path (a text without a backslash is cut at "trusted_files" and read piece by piece)
+# must accept exactly the canonical bytes: attacks on the cut and on the pieces.
+
+
+def _accepted_only_if_canonical(data: bytes) -> None:
+    view = read_canonical(data)
+    if view is not None:
+        assert data == _canonical(json.loads(data))
+        assert view == EnclaveView.from_model(EnclaveManifest.from_bytes(data))
+
+
+def test_whitespace_inside_trusted_files_is_not_read() -> None:
+    data = _canonical(_full())
+    spaced = data.replace(b'"mode":420,', b'"mode": 420,', 1)
+    assert spaced != data
+    assert read_canonical(spaced) is None
+
+
+def test_trusted_entry_with_keys_out_of_order_is_not_read() -> None:
+    document = _full()
+    entry = document["trusted_files"]["/usr/lib/libfoo.so"]
+    data = _canonical(document)
+    swapped = data.replace(
+        b'{"mode":420,"sha256":"' + b"c" * 64 + b'"',
+        b'{"sha256":"' + b"c" * 64 + b'","mode":420',
+    )
+    assert swapped != data and json.loads(swapped)["trusted_files"]["/usr/lib/libfoo.so"] == entry
+    assert read_canonical(swapped) is None
+
+
+def test_trusted_entry_listed_twice_is_not_read() -> None:
+    # json.loads keeps the second entry: a reader of the first would see another hash.
+    data = _canonical(_full())
+    entry = (
+        b'"/usr/lib/libfoo.so":{"mode":420,"sha256":"' + b"c" * 64 + b'","size":7,"type":"file"}'
+    )
+    evil = entry.replace(b"c" * 64, b"e" * 64)
+    assert entry in data
+    doubled = data.replace(entry, entry + b"," + evil)
+    assert json.loads(doubled)["trusted_files"]["/usr/lib/libfoo.so"]["sha256"] == "e" * 64
+    assert read_canonical(doubled) is None
+
+
+def test_second_trusted_files_key_is_not_read() -> None:
+    data = _canonical(_full())
+    head, _, tail = data.partition(b',"user":')
+    evil = b',"trusted_files":{"/usr/bin/app":{"mode":493,"sha256":"' + b"f" * 64
+    evil += b'","size":10,"type":"file"}}'
+    doubled = head + evil + b',"user":' + tail
+    assert json.loads(doubled)["trusted_files"]["/usr/bin/app"]["sha256"] == "f" * 64
+    assert read_canonical(doubled) is None
+
+
+def test_negative_zero_is_not_read() -> None:
+    data = _canonical(_full(user={"uid": 0, "gid": 100}))
+    assert read_canonical(data) is not None
+    assert read_canonical(data.replace(b'"uid":0', b'"uid":-0')) is None
+    size = b'"size":0,"type":"file"'
+    assert size in data
+    assert read_canonical(data.replace(size, b'"size":-0,"type":"file"')) is None
+
+
+@pytest.mark.parametrize("number", [b"010", b"1.0", b"1e1", b"+10", b" 10", b"10 "])
+def test_non_canonical_trusted_number_is_not_read(number: bytes) -> None:
+    data = _canonical(_full())
+    assert b'"size":10,' in data
+    assert read_canonical(data.replace(b'"size":10,', b'"size":' + number + b",")) is None
+
+
+def test_control_character_in_trusted_path_is_not_read() -> None:
+    document = _full()
+    document["trusted_files"]["/usr/lib/\tx"] = document["trusted_files"]["/usr/lib/libfoo.so"]
+    raw = _canonical(document).replace(b"\\t", b"\t")  # raw TAB: invalid JSON
+    assert b"\\" not in raw
+    assert read_canonical(raw) is None
+
+
+def test_manifest_with_backslash_is_still_read_when_canonical() -> None:
+    data = _canonical(_full(env={"PATTERN": 'a\\b"c', "PATH": "/usr/bin"}))
+    assert b"\\" in data
+    view = read_canonical(data)
+    assert view is not None and view.env["PATTERN"] == 'a\\b"c'
+
+
+_SPLICE = st.sampled_from(
+    [
+        b" ",
+        b",",
+        b":",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b'"',
+        b"0",
+        b"7",
+        b"-",
+        b"/",
+        b"a",
+        b"}},",
+        b'"user":',
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_byte_level_edits_are_read_only_when_canonical(data: st.DataObject) -> None:
+    raw = bytearray(_canonical(_full()))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(raw)))
+        action = data.draw(st.sampled_from(["insert", "delete", "duplicate"]))
+        if action == "insert":
+            raw[at:at] = data.draw(_SPLICE)
+        else:
+            end = min(len(raw), at + data.draw(st.integers(1, 80)))
+            piece = raw[at:end]
+            if action == "delete":
+                del raw[at:end]
+            else:
+                raw[end:end] = piece
+    _accepted_only_if_canonical(bytes(raw))
+
+
+def test_all_normal_is_is_normal_path_without_root() -> None:
+    from sealpod.package.view import _all_normal
+
+    for length in range(6):
+        for chars in itertools.product("/.a\x00", repeat=length):
+            path = "".join(chars)
+            expected = is_normal_path(path) and path != "/"
+            assert _all_normal([path]) == expected, path
+            assert _all_normal(["/x", path, "/y"]) == expected, path

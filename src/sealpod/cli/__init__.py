@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from sealpod import __version__
-from sealpod.cli._common import LazyGroup
+from sealpod.cli._lazy import LazyGroup
 from sealpod.errors import SealpodError
 
 _logger = logging.getLogger(__name__)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +14,7 @@ from typing import Any
 import click
 
 from sealpod._internal.fsutil import write_file_atomic
+from sealpod.cli._lazy import LazyGroup as LazyGroup
 from sealpod.errors import ConfigError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
@@ -120,30 +120,6 @@ class HexParam(click.ParamType[bytes]):
 def stdout_is_terminal() -> bool:
     """Progress bars only on a terminal (STYLE.md 9)."""
     return sys.stderr.isatty()
-
-
-class LazyGroup(click.Group):
-    """A click group whose sub-commands (``name -> "module:attribute"``) load on first use.
-
-    Keeps start-up fast: ``sealpod manifest check`` does not import the coordinator's server.
-    """
-
-    def __init__(self, *args: Any, lazy_commands: Mapping[str, str] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.lazy_commands = dict(lazy_commands or {})
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.lazy_commands})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = super().get_command(ctx, cmd_name)
-        if command is not None or cmd_name not in self.lazy_commands:
-            return command
-        module_name, attribute = self.lazy_commands[cmd_name].split(":")
-        loaded = getattr(importlib.import_module(module_name), attribute)
-        if not isinstance(loaded, click.Command):
-            raise TypeError(f"{self.lazy_commands[cmd_name]} is not a click command")
-        return loaded
 
 
 @dataclass(frozen=True)

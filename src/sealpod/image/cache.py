@@ -12,19 +12,18 @@ Cached trees are shared: treat them as read-only.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sealpod.errors import ConfigError
-from sealpod.image.extract import extract_layers
-from sealpod.image.model import Image
-from sealpod.image.rootfs import sealpod_cache_dir
+from sealpod.image._cachedir import sealpod_cache_dir
+
+if TYPE_CHECKING:
+    from sealpod.image.model import Image
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +47,8 @@ def _force_rmtree(path: Path) -> None:
     # (os.walk is top-down, so each directory is opened up before it is entered).
     if not path.exists():
         return
+    import shutil
+
     if os.geteuid() != 0:
         os.chmod(path, stat.S_IMODE(path.lstat().st_mode) | stat.S_IRWXU)
         for dirpath, dirnames, _files in os.walk(path):
@@ -82,6 +83,12 @@ def extract_cached(
     final = root / key
     if final.is_dir():
         return final
+    # A miss: only now the extraction machinery (``sealpod run`` normally finds its tree).
+    import fcntl
+    import tempfile
+
+    from sealpod.image.extract import extract_layers
+
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = open(root / f"{key}.lock", "a+b")

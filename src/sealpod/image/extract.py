@@ -37,8 +37,9 @@ from typing import IO, cast
 
 from sealpod.errors import ConfigError, VerificationError
 from sealpod.image._blobs import HashingReader, decompressor, parse_digest
+from sealpod.image._records import ExtractionSummary, SkippedEntry
 from sealpod.image._walk import directory_entries
-from sealpod.image.model import ExtractionSummary, Image, Layer, SkippedEntry
+from sealpod.image.model import Image, Layer
 
 _logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Literal, cast
+from typing import IO, TYPE_CHECKING, Literal, cast
 
+from sealpod._internal.lazy import lazy_getattr
 from sealpod.errors import ConfigError
 
 # OCI image spec, media-types.md; Docker image manifest v2 schema 2.
@@ -185,30 +186,14 @@ class Image:
     rootfs: Path | None = None
 
 
-@dataclass(frozen=True)
-class SkippedEntry:
-    """A layer entry that extraction left out on purpose (device nodes, FIFOs, ...)."""
+# Extraction and layer-writing records live in sealpod.image._records: the run path (which
+# reads images but neither extracts on a cache hit nor writes) does not build them at start-up.
+if TYPE_CHECKING:
+    from sealpod.image._records import ExtractionSummary as ExtractionSummary
+    from sealpod.image._records import LayerFile as LayerFile
+    from sealpod.image._records import SkippedEntry as SkippedEntry
 
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ExtractionSummary:
-    """What :func:`sealpod.image.extract_layers` wrote."""
-
-    files: int
-    directories: int
-    symlinks: int
-    hardlinks: int
-    bytes: int
-    whiteouts: int
-    skipped: tuple[SkippedEntry, ...]
-
-
-@dataclass(frozen=True)
-class LayerFile:
-    """A regular file for an in-memory layer (:func:`sealpod.image.layer_from_files`)."""
-
-    data: bytes = field(repr=False)
-    mode: int = 0o644
+__getattr__ = lazy_getattr(
+    __name__.rpartition(".")[0],
+    {"ExtractionSummary": "_records", "LayerFile": "_records", "SkippedEntry": "_records"},
+)

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
-
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
+from sealpod.image._cachedir import sealpod_cache_dir as sealpod_cache_dir
 from sealpod.image.model import Compression, ImageConfig
 from sealpod.image.write import layer_from_directory, write_docker_archive, write_oci_layout
 
@@ -41,12 +40,6 @@ _logger = logging.getLogger(__name__)
 _RECIPE_VERSION = 2
 
 _APT_ROOT = Path("/etc/apt")
-
-
-def sealpod_cache_dir() -> Path:
-    """The cache root: ``$SEALPOD_CACHE_DIR`` or the user's cache directory for sealpod."""
-    override = os.environ.get("SEALPOD_CACHE_DIR")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("sealpod"))
 
 
 @dataclass(frozen=True)

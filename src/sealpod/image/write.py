@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from sealpod.errors import ConfigError, VerificationError
 from sealpod.image._blobs import HashingReader, decompressor, parse_digest
+from sealpod.image._records import LayerFile
 from sealpod.image._walk import directory_entries
 from sealpod.image.model import (
     ANNOTATION_REF_NAME,
@@ -36,7 +37,6 @@ from sealpod.image.model import (
     Compression,
     ImageConfig,
     Layer,
-    LayerFile,
     media_type_for,
 )
 

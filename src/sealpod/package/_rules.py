@@ -51,8 +51,13 @@ def is_under(path: str, prefix: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
-def canonical_json(document: Any) -> bytes:
-    """JSON with sorted keys, no whitespace and UTF-8 text (not ``\\u`` escapes)."""
+def canonical_text(document: Any) -> str:
+    """:func:`canonical_json` before its UTF-8 encoding."""
     return json.dumps(
         document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    )
+
+
+def canonical_json(document: Any) -> bytes:
+    """JSON with sorted keys, no whitespace and UTF-8 text (not ``\\u`` escapes)."""
+    return canonical_text(document).encode("utf-8")

@@ -333,6 +333,9 @@ def build_package(
                 GRAMINE_MANIFEST: LayerFile(gramine.encode(), 0o444),
             },
             layers_dir,
+            # Uncompressed: `sealpod run` reads this layer on every start, and inflating it
+            # cost more than the rest of verification (it is a few MB of JSON and TOML).
+            compression="none",
         )
         labels = {**config.labels, ANNOTATION_MRENCLAVE: mr_enclave.hex()}
         annotations = {

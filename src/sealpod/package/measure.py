@@ -1,7 +1,10 @@
 """MRENCLAVE of a package: the SGX measurement of a fixed, documented enclave layout.
 
-The layout (simulation identity, version 1), measured with
-:class:`sealpod.sgx.EnclaveMeasurement` exactly as the CPU measures ECREATE/EADD/EEXTEND:
+The layout (simulation identity, version 1), measured exactly as the CPU measures
+ECREATE/EADD/EEXTEND (the records of :class:`sealpod.sgx.EnclaveMeasurement`, written out here
+in bulk: ``sealpod run`` measures the manifest on every start and must not import
+:mod:`sealpod.sgx`, whose signing keys pull in ``cryptography``; the unit tests hold the two to
+the same digests):
 
 1. ECREATE with SECS.SIZE = :data:`ENCLAVE_SIZE` (1 GiB) and SSAFRAMESIZE = 1;
 2. the canonical enclave.json bytes from enclave offset 0, one EADD (SECINFO R, PT_REG) and
@@ -22,11 +25,15 @@ where the runtime enforces the same policy with its shield.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import TYPE_CHECKING, Final
 
 from sealpod.errors import ManifestError
-from sealpod.sgx import PAGE_SIZE, EnclaveMeasurement, SecinfoFlags
+
+#: SDM 38.7: pages are 4 KiB and EEXTEND measures 256 bytes at a time.
+PAGE_SIZE: Final = 4096
+_CHUNK: Final = 256
 
 #: The runtime identity measured into every package's MRENCLAVE.
 SEALPOD_RUNTIME_ID: Final = "sealpod-runtime-v1"
@@ -41,8 +48,13 @@ if TYPE_CHECKING:
     from sealpod.package.manifest import EnclaveManifest
 
 _RUNTIME_PAGE = struct.Struct("<64sQ")
-_MANIFEST_FLAGS: Final = SecinfoFlags.R | SecinfoFlags.PT_REG
-_RUNTIME_FLAGS: Final = SecinfoFlags.R | SecinfoFlags.X | SecinfoFlags.PT_REG
+# SECINFO.FLAGS (SDM Table 38-8): R = 0x1, X = 0x4, PT_REG = 0x200.
+_MANIFEST_FLAGS: Final = 0x1 | 0x200
+_RUNTIME_FLAGS: Final = 0x1 | 0x4 | 0x200
+# The measurement records (SDM: ECREATE, EADD and EEXTEND operations), little-endian.
+_ECREATE = struct.Struct("<8sIQ44x")
+_EADD = struct.Struct("<8sQQ40x")
+_EEXTEND = struct.Struct("<8sQ48x")
 
 
 def runtime_page(manifest_length: int, runtime_id: str = SEALPOD_RUNTIME_ID) -> bytes:
@@ -64,11 +76,25 @@ def measure_manifest_bytes(data: bytes, *, runtime_id: str = SEALPOD_RUNTIME_ID)
         raise ManifestError("an empty enclave manifest cannot be measured")
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"enclave manifest of {len(data)} bytes does not fit the enclave")
-    measurement = EnclaveMeasurement()
-    measurement.ecreate(ENCLAVE_SIZE, SSA_FRAME_SIZE)
-    pages = measurement.add_pages(0, data, _MANIFEST_FLAGS)
-    measurement.add_page(pages * PAGE_SIZE, runtime_page(len(data), runtime_id), _RUNTIME_FLAGS)
+    padded = bytes(data) + bytes(-len(data) % PAGE_SIZE)
+    measurement = hashlib.sha256(_ECREATE.pack(b"ECREATE", SSA_FRAME_SIZE, ENCLAVE_SIZE))
+    measurement.update(_pages(0, padded, _MANIFEST_FLAGS))
+    measurement.update(_pages(len(padded), runtime_page(len(data), runtime_id), _RUNTIME_FLAGS))
     return measurement.digest()
+
+
+def _pages(offset: int, data: bytes, flags: int) -> bytes:
+    """The EADD and EEXTEND records of page-aligned ``data`` added at ``offset``."""
+    view = memoryview(data)
+    eadd, eextend = _EADD.pack, _EEXTEND.pack
+    records: list[bytes | memoryview] = []
+    append = records.append
+    for page in range(0, len(data), PAGE_SIZE):
+        append(eadd(b"EADD", offset + page, flags))
+        for chunk in range(page, page + PAGE_SIZE, _CHUNK):
+            append(eextend(b"EEXTEND", offset + chunk))
+            append(view[chunk : chunk + _CHUNK])
+    return b"".join(records)
 
 
 def measure_manifest(manifest: EnclaveManifest) -> bytes:

@@ -4,7 +4,8 @@
 manifest: every field of :class:`~sealpod.package.manifest.EnclaveManifest` present (defaults
 included) with exactly the JSON type the model dumps, every value passing the model's rules
 (shared through :mod:`sealpod.package._rules`), and the bytes equal to the canonical
-re-encoding of the parsed document. Such a document validates under the pydantic model and
+re-encoding of the parsed document (checked without re-encoding the trusted files: see
+:func:`read_canonical`). Such a document validates under the pydantic model and
 dumps back to exactly the same bytes, so accepting it here is the same decision as the
 model's parse-and-compare, at a fraction of its cost (no model classes, no re-serialisation
 of thousands of sub-models).
@@ -19,18 +20,19 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 from sealpod.package._rules import (
     ENV_NAME,
     VOLUME_NAME,
     canonical_json,
+    canonical_text,
     check_path,
-    is_normal_path,
 )
 
 if TYPE_CHECKING:
@@ -55,9 +57,32 @@ _TOP: Final = frozenset(
         "debug",
     }
 )
-_TRUSTED: Final = frozenset({"sha256", "size", "mode", "type"})
-_USER: Final = frozenset({"uid", "gid"})
-_HEX: Final = re.compile(r"[0-9a-f]*")
+_TOP_ORDER: Final = tuple(sorted(_TOP))
+_TRUSTED_ORDER: Final = ("mode", "sha256", "size", "type")
+_TRUSTED_FIELDS: Final = itemgetter(*_TRUSTED_ORDER)
+_KINDS: Final = frozenset({"file", "symlink"})
+#: Where ``trusted_files`` starts in a canonical manifest, and what follows its end.
+_TRUSTED_KEY: Final = '"trusted_files":{'
+_AFTER_TRUSTED: Final = '}},"user":'
+#: The pieces of ``"PATH":{"mode":M,"sha256":"H","size":S,"type":"T"}`` split at ``"`` that
+#: are the same in every entry: (index in the 14 pieces of an entry, text).
+_ENTRY_TOKENS: Final = (
+    (2, ":{"),
+    (3, "mode"),
+    (5, "sha256"),
+    (6, ":"),
+    (8, ","),
+    (9, "size"),
+    (11, "type"),
+    (12, ":"),
+)
+#: The characters of the integer pieces of the entries (see :func:`_canonical_ints`).
+_INT_CHARACTERS: Final = b'0123456789:,"'
+#: What the hash and path columns may not hold (as bytes.translate deletions).
+_HEX_DIGITS: Final = b"0123456789abcdef"
+_CONTROL: Final = bytes(range(32))
+_USER_ORDER: Final = ("gid", "uid")
+_USER: Final = frozenset(_USER_ORDER)
 
 
 @dataclass(frozen=True)
@@ -155,34 +180,135 @@ def _paths(value: object) -> tuple[str, ...]:
     return paths
 
 
-def _trusted(value: object) -> tuple[dict[str, str], frozenset[str], int]:
-    """Check every trusted entry (one tight loop: a package lists thousands)."""
+def _all_normal(paths: list[str]) -> bool:
+    """Whether every path is absolute, normalised, NUL-free and not ``/``, in bulk string tests
+    (:func:`~sealpod.package._rules.is_normal_path` path by path costs milliseconds)."""
+    if not paths:
+        return True
+    if min(map(len, paths)) < 2:  # "" and "/"
+        return False
+    # Each path with "/" appended, then a NUL. One NUL per path: none inside a path. Every path
+    # starts with "/" (the first, and every one after a NUL). No empty, "." or ".." component
+    # and no trailing "/" (appending "/" turns the trailing forms into these too).
+    joined = "/\x00".join(paths) + "/\x00"
+    return (
+        joined.count("\x00") == len(paths)
+        and joined.startswith("/")
+        and joined.count("\x00/") == len(paths) - 1
+        and "//" not in joined
+        and "/./" not in joined
+        and "/../" not in joined
+    )
+
+
+class _Trusted(NamedTuple):
+    """The checked ``trusted_files``: paths in sorted order, path -> SHA-256, the links and
+    the regular files' total size."""
+
+    ordered: list[str]
+    digests: dict[str, str]
+    links: frozenset[str]
+    total: int
+
+
+def _checked_trusted(
+    paths: list[str],
+    modes: Sequence[object],
+    digests: Sequence[object],
+    sizes: Sequence[object],
+    kinds: Sequence[object],
+) -> _Trusted:
+    """Check the trusted entries column by column (a package lists thousands).
+
+    Paths must be strictly increasing: sorted (canonical) and unique.
+    """
+    if not paths:
+        return _Trusted([], {}, frozenset(), 0)
+    if set(map(type, modes)) != {int} or set(map(type, sizes)) != {int}:
+        raise _RefusedError
+    ints = cast("Sequence[int]", modes), cast("Sequence[int]", sizes)
+    if min(ints[1]) < 0 or min(ints[0]) < 0 or max(ints[0]) > 0o7777:
+        raise _RefusedError
+    if not set(kinds) <= _KINDS:
+        raise _RefusedError
+    # 64 lowercase hex digits each (join refuses anything but strings, encode anything but
+    # ASCII).
+    hashes = cast("Sequence[str]", digests)
+    if set(map(len, hashes)) != {64} or "".join(hashes).encode("ascii").translate(
+        None, _HEX_DIGITS
+    ):
+        raise _RefusedError
+    if not _all_normal(paths) or not all(map(str.__lt__, paths, paths[1:])):
+        raise _RefusedError
+    links = frozenset(compress(paths, map("symlink".__eq__, kinds)))
+    total = sum(compress(ints[1], map("file".__eq__, kinds)))
+    return _Trusted(paths, dict(zip(paths, hashes, strict=True)), links, total)
+
+
+def _trusted_from_json(value: object) -> _Trusted:
+    """The trusted entries of a parsed document."""
     entries = _dict(value)
-    digests: list[str] = []
-    links: list[str] = []
-    total = 0
-    for path, entry in entries.items():
-        if type(entry) is not dict or entry.keys() != _TRUSTED:
-            raise _RefusedError
-        digest, size, mode, kind = entry["sha256"], entry["size"], entry["mode"], entry["type"]
-        if type(digest) is not str or type(size) is not int or type(mode) is not int:
-            raise _RefusedError
-        if size < 0 or not 0 <= mode <= 0o7777:
-            raise _RefusedError
-        if kind == "file":
-            total += size
-        elif kind == "symlink":
-            links.append(path)
-        else:
-            raise _RefusedError
-        digests.append(digest)
-    # The hashes and paths are checked in bulk: 64 lowercase hex digits each; absolute,
-    # normalised paths, never "/".
-    if any(len(d) != 64 for d in digests) or not _HEX.fullmatch("".join(digests)):
+    values = entries.values()
+    # Every entry lists exactly these keys (in this order, as the canonical form does).
+    if not all(map(_TRUSTED_ORDER.__eq__, map(tuple, values))):
         raise _RefusedError
-    if "/" in entries or not all(map(is_normal_path, entries)):
+    columns = tuple(zip(*map(_TRUSTED_FIELDS, values), strict=True)) or ((), (), (), ())
+    return _checked_trusted(list(entries), *columns)
+
+
+def _canonical_ints(tokens: list[str]) -> list[int]:
+    """``[":511,", ":0,"]`` (values as the canonical form writes them) -> ``[511, 0]``.
+
+    Checked in bulk on the pieces joined with ``"`` (which none of them holds): only digits,
+    ``:``, ``,`` and ``"``; one ``:`` and one ``,`` per piece, each piece starting with ``:``
+    (the text and every ``"`` but the last are followed by ``:``) and ending with ``,`` (every
+    ``"`` follows a ``,``); so each piece is ``:DIGITS,``, with at least one digit and no
+    leading zero.
+    """
+    count = len(tokens)
+    joined = '"'.join(tokens) + '"'
+    if (
+        joined.encode("ascii").translate(None, _INT_CHARACTERS)
+        or joined.count(":") != count
+        or joined.count(",") != count
+        or not joined.startswith(":")
+        or joined.count('":') != count - 1
+        or joined.count(',"') != count
+        or ":," in joined
+        or joined.count(":0") != joined.count(":0,")
+    ):
         raise _RefusedError
-    return dict(zip(entries, digests, strict=True)), frozenset(links), total
+    return list(map(int, joined[1:-2].split(',":')))
+
+
+def _trusted_from_text(section: str) -> _Trusted:
+    """The trusted entries from the canonical text of ``trusted_files`` (no backslash in it).
+
+    Without escapes every ``"`` delimits a string, so splitting at ``"`` cuts each canonical
+    entry ``"PATH":{"mode":M,"sha256":"H","size":S,"type":"T"}`` into the same 14 pieces;
+    anything else (another key order, whitespace, a nested value) does not fit and is refused.
+    """
+    tokens = section.split('"')
+    count, extra = divmod(len(tokens) - 1, 14)
+    if extra or not count or tokens[0] != "{" or tokens[-1] != "}}":
+        raise _RefusedError
+    for index, constant in _ENTRY_TOKENS:
+        if tokens[index::14].count(constant) != count:
+            raise _RefusedError
+    if tokens[14:-1:14].count("},") != count - 1:
+        raise _RefusedError
+    paths = tokens[1::14]
+    # JSON forbids raw control characters in strings (json.loads refuses them too).
+    joined = "".join(paths).encode("utf-8")
+    if len(joined.translate(None, _CONTROL)) != len(joined):
+        raise _RefusedError
+    return _checked_trusted(
+        paths,
+        _canonical_ints(tokens[4::14]),
+        tokens[7::14],
+        _canonical_ints(tokens[10::14]),
+        tokens[13::14],
+    )
 
 
 def _covers_trusted(mount: str, ordered: list[str]) -> bool:
@@ -196,8 +322,13 @@ def _covers_trusted(mount: str, ordered: list[str]) -> bool:
     return j < len(ordered) and ordered[j].startswith(mount + "/")
 
 
-def _view(document: object) -> EnclaveView:
-    doc = _dict(document, _TOP)
+def _view(doc: dict[str, Any], trusted: _Trusted) -> EnclaveView:
+    """The view of a parsed document whose ``trusted_files`` were checked into ``trusted``.
+
+    Refuses (:class:`_RefusedError`) anything invalid, and dictionaries whose keys are not in
+    sorted order (never canonical)."""
+    if tuple(doc) != _TOP_ORDER:
+        raise _RefusedError
     if not _is_int(doc["schema_version"], 1, 1):
         raise _RefusedError
     entrypoint = check_path(_str(doc["entrypoint"]), "entrypoint")
@@ -209,27 +340,30 @@ def _view(document: object) -> EnclaveView:
     if any("\x00" in arg for arg in argv):
         raise _RefusedError
     env = _dict(doc["env"])
+    if list(env) != sorted(env):
+        raise _RefusedError
     for name, item in env.items():
         if not ENV_NAME.fullmatch(name) or "\x00" in _str(item):
             raise _RefusedError
     user = _dict(doc["user"], _USER)
+    if tuple(user) != _USER_ORDER:
+        raise _RefusedError
     if not _is_int(user["uid"], 0, (1 << 32) - 1) or not _is_int(user["gid"], 0, (1 << 32) - 1):
         raise _RefusedError
-    trusted, links, trusted_bytes = _trusted(doc["trusted_files"])
     allowed = _paths(doc["allowed_files"])
     tmpfs = _paths(doc["tmpfs"])
     volumes = _dict(doc["volumes"])
+    if list(volumes) != sorted(volumes):
+        raise _RefusedError
     for name, path in volumes.items():
         if not VOLUME_NAME.fullmatch(name) or check_path(_str(path), "volumes") == "/":
             raise _RefusedError
     if len(set(volumes.values())) != len(volumes) or "/" in tmpfs:
         raise _RefusedError
     mounts = (*tmpfs, *volumes.values(), *allowed)
-    if mounts:
-        ordered = sorted(trusted)
-        if any(_covers_trusted(mount, ordered) for mount in mounts):
-            raise _RefusedError
-    if entrypoint not in trusted:
+    if any(_covers_trusted(mount, trusted.ordered) for mount in mounts):
+        raise _RefusedError
+    if entrypoint not in trusted.digests:
         raise _RefusedError
     prod, svn, debug = doc["isv_prod_id"], doc["isv_svn"], doc["debug"]
     if not _is_int(prod, 0, 0xFFFF) or not _is_int(svn, 0, 0xFFFF) or type(debug) is not bool:
@@ -240,16 +374,43 @@ def _view(document: object) -> EnclaveView:
         env=MappingProxyType(dict(env)),
         working_dir=working_dir,
         user=RunUser(user["uid"], user["gid"]),
-        trusted=MappingProxyType(trusted),
-        trusted_links=links,
+        trusted=MappingProxyType(trusted.digests),
+        trusted_links=trusted.links,
         allowed_files=allowed,
         tmpfs=tmpfs,
         volumes=MappingProxyType(dict(volumes)),
         isv_prod_id=prod,
         isv_svn=svn,
         debug=debug,
-        trusted_bytes=trusted_bytes,
+        trusted_bytes=trusted.total,
     )
+
+
+def _read_split(text: str) -> EnclaveView:
+    """The fast path of :func:`read_canonical`, for a text without a backslash.
+
+    The text is cut into the ``trusted_files`` object and the rest, with ``{}`` in its place.
+    Without escapes, strings cannot contain ``"``, so the first ``"trusted_files":{`` and the
+    first ``}},"user":`` after it are where a canonical manifest has them (a path cannot be
+    ``user``), and the cut of any other text is refused below: the rest must be a valid manifest
+    in canonical form whose ``trusted_files`` is that ``{}``, and the object must consist of
+    canonical entries only. Then the text is the canonical encoding of the rest with the
+    entries in place of ``{}``, and ``json.loads`` would read exactly the document checked here.
+    """
+    start = text.index(_TRUSTED_KEY) + len(_TRUSTED_KEY) - 1
+    end = text.index(_AFTER_TRUSTED, start) + 2
+    trusted = _trusted_from_text(text[start:end])
+    rest = text[:start] + "{}" + text[end:]
+    doc = _dict(json.loads(rest), _TOP)
+    if doc["trusted_files"] != {}:
+        raise _RefusedError
+    view = _view(doc, trusted)
+    # The rest holds no escape, so only whitespace, duplicate keys or "-0" could make it
+    # differ from its canonical form besides key order (checked by _view), and each of those
+    # makes it longer.
+    if len(rest) != len(canonical_text(doc)):
+        raise _RefusedError
+    return view
 
 
 def read_canonical(data: bytes) -> EnclaveView | None:
@@ -257,10 +418,25 @@ def read_canonical(data: bytes) -> EnclaveView | None:
 
     ``None`` says nothing about *why*: the caller asks the pydantic model
     (:meth:`~sealpod.package.manifest.EnclaveManifest.from_bytes`) for the error.
+
+    Canonical means ``data == canonical_json(json.loads(data))``. Re-encoding (or even parsing
+    into dictionaries) the thousands of trusted files of a real image costs more than the rest
+    of verification, so a document without a backslash, which is every manifest sealpod
+    builds from ordinary paths and values, is read by :func:`_read_split`. A document with a
+    backslash, or one the fast path does not take, is parsed, checked, re-encoded and compared.
     """
     try:
-        document = json.loads(data)
-        view = _view(document)
+        text = data.decode("utf-8")
+    except UnicodeError:
+        return None
+    if "\\" not in text:
+        try:
+            return _read_split(text)
+        except (_RefusedError, ValueError, TypeError, RecursionError):
+            pass  # not in the fast path's form: the general path decides
+    try:
+        document = _dict(json.loads(text), _TOP)
+        view = _view(document, _trusted_from_json(document["trusted_files"]))
         if canonical_json(document) != data:
             return None
     except (_RefusedError, ValueError, TypeError, UnicodeError, RecursionError):

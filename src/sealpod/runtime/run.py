@@ -41,9 +41,6 @@ import errno
 import logging
 import os
 import re
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,8 +48,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
+from sealpod.image._cachedir import sealpod_cache_dir
 from sealpod.image.cache import extract_cached
-from sealpod.image.rootfs import sealpod_cache_dir
 from sealpod.package.package import (
     Package,
     PackageInfo,
@@ -60,15 +57,16 @@ from sealpod.package.package import (
     package_rootfs_layers,
     verify_package,
 )
-from sealpod.package.view import EnclaveView
-from sealpod.runtime._run_gramine import GramineLaunch, check_gramine_environment, gramine_launch
 from sealpod.runtime.policy import ShieldPolicy
 from sealpod.runtime.sandbox import Sandbox, SandboxUser
-from sealpod.runtime.volumes import VolumeProvider
 
+# Start-up time (bench_startup): what only some runs need (--publish, --coordinator,
+# --tee gramine) is imported where it is used.
 if TYPE_CHECKING:
     from sealpod.coordinator.client import ActivationResult
+    from sealpod.package.view import EnclaveView
     from sealpod.runtime.encrypted_volume import EncryptedVolumeProvider
+    from sealpod.runtime.volumes import VolumeProvider
 
 __all__ = [
     "PortMapping",
@@ -130,6 +128,8 @@ def parse_publish(spec: str) -> PortMapping:
 
 
 def _check_port_free(mapping: PortMapping) -> None:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -260,6 +260,8 @@ def _activation(
 def default_instance(service: str) -> str:
     """``HOSTNAME-SERVICE``: stable across restarts on one host, so a restarted service does
     not take another of its ``max_instances`` slots (replicas on one host need ``--instance``)."""
+    import socket
+
     host = re.sub(r"[^A-Za-z0-9_.~-]", "-", socket.gethostname()).strip(".-~_") or "host"
     return f"{host[:64]}-{service}"[:128]
 
@@ -442,6 +444,15 @@ def _close(volumes: Mapping[str, Closeable]) -> None:
 
 
 def _run_gramine(settings: RunSettings, notify: Notify) -> int:
+    import subprocess
+    import tempfile
+
+    from sealpod.runtime._run_gramine import (
+        GramineLaunch,
+        check_gramine_environment,
+        gramine_launch,
+    )
+
     check_gramine_environment()
     if settings.gramine_key is None:
         raise ConfigError("--tee gramine needs --gramine-key (the enclave signing key)")
