@@ -367,8 +367,8 @@ def test_byte_level_edits_are_read_only_when_canonical(data: st.DataObject) -> N
     _accepted_only_if_canonical(bytes(raw))
 
 
-def test_all_normal_is_is_normal_path_without_root() -> None:
-    from sealpod.package.view import _all_normal
+def test_all_normal_paths_is_is_normal_path_without_root() -> None:
+    from sealpod.package._rules import all_normal_paths as _all_normal
 
     for length in range(6):
         for chars in itertools.product("/.a\x00", repeat=length):

@@ -18,7 +18,6 @@ accept less than the model, never more.
 
 from __future__ import annotations
 
-import bisect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +29,11 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 from sealpod.package._rules import (
     ENV_NAME,
     VOLUME_NAME,
+    all_normal_paths,
     canonical_json,
     canonical_text,
     check_path,
+    covers_any,
 )
 
 if TYPE_CHECKING:
@@ -180,27 +181,6 @@ def _paths(value: object) -> tuple[str, ...]:
     return paths
 
 
-def _all_normal(paths: list[str]) -> bool:
-    """Whether every path is absolute, normalised, NUL-free and not ``/``, in bulk string tests
-    (:func:`~sealpod.package._rules.is_normal_path` path by path costs milliseconds)."""
-    if not paths:
-        return True
-    if min(map(len, paths)) < 2:  # "" and "/"
-        return False
-    # Each path with "/" appended, then a NUL. One NUL per path: none inside a path. Every path
-    # starts with "/" (the first, and every one after a NUL). No empty, "." or ".." component
-    # and no trailing "/" (appending "/" turns the trailing forms into these too).
-    joined = "/\x00".join(paths) + "/\x00"
-    return (
-        joined.count("\x00") == len(paths)
-        and joined.startswith("/")
-        and joined.count("\x00/") == len(paths) - 1
-        and "//" not in joined
-        and "/./" not in joined
-        and "/../" not in joined
-    )
-
-
 class _Trusted(NamedTuple):
     """The checked ``trusted_files``: paths in sorted order, path -> SHA-256, the links and
     the regular files' total size."""
@@ -238,7 +218,7 @@ def _checked_trusted(
         None, _HEX_DIGITS
     ):
         raise _RefusedError
-    if not _all_normal(paths) or not all(map(str.__lt__, paths, paths[1:])):
+    if not all_normal_paths(paths) or not all(map(str.__lt__, paths, paths[1:])):
         raise _RefusedError
     links = frozenset(compress(paths, map("symlink".__eq__, kinds)))
     total = sum(compress(ints[1], map("file".__eq__, kinds)))
@@ -311,17 +291,6 @@ def _trusted_from_text(section: str) -> _Trusted:
     )
 
 
-def _covers_trusted(mount: str, ordered: list[str]) -> bool:
-    """Whether ``mount`` is, or is above, a path of the sorted list ``ordered``."""
-    if mount == "/":
-        return bool(ordered)
-    i = bisect.bisect_left(ordered, mount)
-    if i < len(ordered) and ordered[i] == mount:
-        return True
-    j = bisect.bisect_left(ordered, mount + "/")
-    return j < len(ordered) and ordered[j].startswith(mount + "/")
-
-
 def _view(doc: dict[str, Any], trusted: _Trusted) -> EnclaveView:
     """The view of a parsed document whose ``trusted_files`` were checked into ``trusted``.
 
@@ -361,7 +330,7 @@ def _view(doc: dict[str, Any], trusted: _Trusted) -> EnclaveView:
     if len(set(volumes.values())) != len(volumes) or "/" in tmpfs:
         raise _RefusedError
     mounts = (*tmpfs, *volumes.values(), *allowed)
-    if any(_covers_trusted(mount, trusted.ordered) for mount in mounts):
+    if any(covers_any(mount, trusted.ordered) for mount in mounts):
         raise _RefusedError
     if entrypoint not in trusted.digests:
         raise _RefusedError

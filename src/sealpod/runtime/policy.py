@@ -13,10 +13,25 @@ from pathlib import Path
 from types import MappingProxyType
 
 from sealpod.errors import ConfigError
-from sealpod.package._rules import is_normal_path
+from sealpod.package._rules import all_normal_paths, covers_any, is_normal_path
 from sealpod.runtime.volumes import VolumeProvider
 
 _SHA256_RUN = re.compile(r"[0-9a-f]*")
+_HEX_DIGITS = b"0123456789abcdef"
+
+
+def _all_trusted_valid(trusted: dict[str, str]) -> bool:
+    """The common case, in bulk: string paths, absolute, normalised, not "/", and 64 lowercase
+    hex digits per hash (per-entry checks of thousands of files cost milliseconds)."""
+    try:
+        digests = list(trusted.values())
+        return (
+            all_normal_paths(list(trusted))
+            and set(map(len, digests)) <= {64}
+            and not "".join(digests).encode("ascii").translate(None, _HEX_DIGITS)
+        )
+    except (TypeError, UnicodeError):  # not all strings: the slow path names the culprit
+        return False
 
 
 def _normalise(path: str, what: str) -> str:
@@ -67,12 +82,7 @@ class ShieldPolicy:
         trusted = dict(self.trusted)
         # Thousands of entries at every start: the common case is checked in bulk, an entry
         # failing it is then found (and named) one by one.
-        if (
-            "/" in trusted
-            or not all(isinstance(p, str) and is_normal_path(p) for p in trusted)
-            or not all(isinstance(d, str) and len(d) == 64 for d in trusted.values())
-            or not _SHA256_RUN.fullmatch("".join(trusted.values()))
-        ):
+        if not _all_trusted_valid(trusted):
             for path, digest in trusted.items():
                 _normalise(path, "trusted")
                 if path == "/":
@@ -99,14 +109,15 @@ class ShieldPolicy:
         object.__setattr__(self, "memory_files", MappingProxyType(memory))
         volumes = {_normalise(p, "volumes"): v for p, v in self.volumes.items()}
         object.__setattr__(self, "volumes", MappingProxyType(volumes))
+        ordered = sorted(trusted) if self.tmpfs or volumes or memory else []
         for what, paths in (("tmpfs", self.tmpfs), ("volumes", tuple(volumes))):
             for mount in paths:
                 if mount == "/":
                     raise ConfigError(f"{what}: '/' cannot be replaced")
-                if any(is_under(t, mount) for t in trusted):
+                if covers_any(mount, ordered):
                     raise ConfigError(f"{what}: {mount} would hide trusted files")
         for path in memory:
-            if any(is_under(t, path) for t in trusted):
+            if covers_any(path, ordered):
                 raise ConfigError(f"memory_files: {path} overlaps a trusted path")
             if any(is_under(path, v) for v in volumes):
                 raise ConfigError(f"memory_files: {path} is inside a volume")

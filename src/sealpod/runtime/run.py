@@ -409,7 +409,7 @@ def _prepared(
     owner = (manifest.user.uid, manifest.user.gid)
     policy = ShieldPolicy(
         backing_root=tree,
-        trusted=manifest.trusted_digests(),
+        trusted=manifest.trusted,
         trusted_links=manifest.trusted_links,
         allowed=frozenset(manifest.allowed_files),
         tmpfs=manifest.tmpfs,
