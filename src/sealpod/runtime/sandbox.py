@@ -33,17 +33,18 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
+
+if TYPE_CHECKING:
+    import subprocess
 
 _logger = logging.getLogger(__name__)
 
@@ -198,6 +199,10 @@ class Sandbox:
         ]
 
     def _check(self) -> str:
+        # Imported when the sandbox starts (after the shield, which needs them too), not at
+        # `sealpod run`'s start-up.
+        import shutil
+
         program = shutil.which(self.bwrap)
         if program is None:
             raise EnvironmentUnavailableError(
@@ -241,6 +246,8 @@ class Sandbox:
             argv = self.command(args_fd, status_w)
             argv[0] = program
             as_user = self._runs_as()
+            import subprocess
+
             try:
                 proc = subprocess.Popen(
                     argv,
