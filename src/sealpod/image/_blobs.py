@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib
 import io
@@ -79,6 +78,8 @@ def decompressor(stream: IO[bytes], compression: Compression) -> IO[bytes]:
     if compression == "none":
         return stream
     if compression == "gzip":
+        import gzip  # extraction only (not a cache hit)
+
         return cast(IO[bytes], gzip.GzipFile(fileobj=stream, mode="rb"))
     try:
         zstandard = importlib.import_module("zstandard")
