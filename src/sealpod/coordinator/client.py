@@ -15,34 +15,43 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import json
 import logging
 import re
 import secrets
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from sealpod.coordinator.binding import activation_report_data, coordinator_report_data
-from sealpod.coordinator.errors import RequestRefusedError
+from sealpod.coordinator._activate_client import (
+    DEFAULT_TIMEOUT as _DEFAULT_TIMEOUT,
+)
+from sealpod.coordinator._activate_client import (
+    ActivationResult,
+    VolumeKey,
+    activate,
+    base_url,
+    field_value,
+    json_object,
+    pinned_ssl_context,
+    raise_for_refusal,
+)
+from sealpod.coordinator.binding import coordinator_report_data
 from sealpod.errors import ConfigError, NetworkError, VerificationError
-from sealpod.pki import public_key_der, verify_chain
-from sealpod.tee import SimulationBackend, TEEBackend
 
 if TYPE_CHECKING:
     # Imported where used: `sealpod run --coordinator` (activate) needs none of them, and they
-    # cost ~300 ms of start-up (pydantic, dcap-qvl, yaml, jinja2, the sealed store).
+    # cost ~500 ms of start-up (httpx with httpcore and trio, pydantic, dcap-qvl, yaml, jinja2,
+    # the sealed store). Activation itself lives in `_activate_client` (standard library HTTP).
+    import httpx
+
     from sealpod.attestation.collateral import Collateral
     from sealpod.attestation.verify import VerifiedEvidence
     from sealpod.coordinator.auth import UserPrivateKey
@@ -66,6 +75,7 @@ __all__ = [
     "get_secret",
     "get_volume_tag",
     "pinned_client",
+    "pinned_ssl_context",
     "propose_update",
     "raise_package_svn",
     "reset_volume",
@@ -78,8 +88,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-_DEFAULT_TIMEOUT = 30.0
-_ACTIVATION_ATTEMPTS = 3
 _SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -94,85 +102,12 @@ class VerifiedCoordinator:
     simulated: bool
 
 
-@dataclass(frozen=True, repr=False)
-class VolumeKey:
-    """An encrypted volume granted at activation; the key never appears in ``repr``."""
-
-    mount: str
-    key: bytes
-    rollback_protected: bool
-
-    def __repr__(self) -> str:
-        return f"VolumeKey(mount={self.mount!r}, rollback_protected={self.rollback_protected})"
-
-
-@dataclass(frozen=True, repr=False)
-class ActivationResult:
-    """What an activation delivered. Secrets (key, files, env) never appear in ``repr``."""
-
-    service: str
-    instance: str
-    simulated: bool
-    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
-    certificate: x509.Certificate
-    certificate_chain: tuple[x509.Certificate, ...]
-    trust_bundle: tuple[x509.Certificate, ...]
-    root_certificate: x509.Certificate
-    files: dict[str, bytes] = field(repr=False)
-    env: dict[str, str] = field(repr=False)
-    argv: list[str] | None = field(repr=False)
-    volumes: dict[str, VolumeKey] = field(default_factory=dict, repr=False)
-
-    def __repr__(self) -> str:
-        return (
-            f"ActivationResult(service={self.service!r}, instance={self.instance!r}, "
-            f"simulated={self.simulated}, files={sorted(self.files)}, env={sorted(self.env)})"
-        )
-
-    def private_key_pem(self) -> bytes:
-        """The instance's private key, PKCS#8 PEM."""
-        return self.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-
-def _base(url: str) -> str:
-    if not url.startswith("https://"):
-        raise ConfigError(f"coordinator URL {url!r} must start with https://")
-    return url.rstrip("/")
-
-
 def _raise_for_error(response: httpx.Response) -> None:
-    if response.is_success:
-        return
-    code = f"http_{response.status_code}"
-    message = response.reason_phrase
-    kind = "request"
-    try:
-        body = response.json()
-        error = body["error"]
-        code = str(error["code"])
-        message = str(error["message"])
-        kind = str(error.get("kind", "request"))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        pass
-    if kind == "evidence":
-        # Evidence the coordinator did not accept. Its message starts with the reason already.
-        raise VerificationError(code, message.removeprefix(f"{code}: "))
-    raise RequestRefusedError(code, message.removeprefix(f"{code}: "), status=response.status_code)
+    raise_for_refusal(response.status_code, response.reason_phrase, response.content)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
-    _raise_for_error(response)
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise NetworkError("the coordinator answered with something that is not JSON") from exc
-    if not isinstance(body, dict):
-        raise NetworkError("the coordinator answered with an unexpected JSON document")
-    return body
+    return json_object(response.status_code, response.reason_phrase, response.content)
 
 
 def response_json(response: httpx.Response) -> dict[str, Any]:
@@ -186,37 +121,17 @@ def response_json(response: httpx.Response) -> dict[str, Any]:
     return _json(response)
 
 
-def _field(body: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = body.get(name)
-    if not isinstance(value, kind):
-        raise VerificationError("malformed_response", f"the coordinator's {name} is missing")
-    return value
-
-
-def pinned_ssl_context(root_pem: bytes) -> ssl.SSLContext:
-    """A client TLS context that trusts only ``root_pem`` (and checks the host name).
-
-    Raises:
-        ConfigError: ``root_pem`` is not a PEM certificate.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    try:
-        context.load_verify_locations(cadata=root_pem.decode("ascii"))
-    except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError("the pinned coordinator root is not a PEM certificate") from exc
-    return context
-
-
 def pinned_client(url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOUT) -> httpx.Client:
     """An HTTP client for ``url`` that verifies TLS against the pinned root only.
 
     Raises:
         ConfigError: not an https URL, or a bad root.
     """
-    return httpx.Client(base_url=_base(url), verify=pinned_ssl_context(root_pem), timeout=timeout)
+    import httpx
+
+    return httpx.Client(
+        base_url=base_url(url), verify=pinned_ssl_context(root_pem), timeout=timeout
+    )
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -228,6 +143,8 @@ def _check_name(kind: str, name: str) -> None:
 @contextlib.contextmanager
 def _coordinator_session(url: str, root_pem: bytes, timeout: float) -> Iterator[httpx.Client]:
     """A client pinned to ``root_pem``; transport failures become :class:`NetworkError`."""
+    import httpx
+
     try:
         with pinned_client(url, root_pem, timeout=timeout) as client:
             yield client
@@ -267,12 +184,14 @@ def verify_coordinator(
         VerificationError: the quote, its identity or its binding to the root fails.
         QuoteFormatError: the quote does not parse.
     """
+    import httpx
+
     from sealpod.attestation.collateral import Collateral
     from sealpod.attestation.pccs import PCCSClient
     from sealpod.attestation.policy import AppraisalPolicy
     from sealpod.attestation.verify import verify_quote
 
-    base = _base(url)
+    base = base_url(url)
     if expect_mrenclave is None:
         if not allow_simulation:
             raise ConfigError("give the coordinator's expected MRENCLAVE (expect_mrenclave)")
@@ -286,7 +205,7 @@ def verify_coordinator(
             body = _json(client.get("/api/v1/quote", params={"nonce": nonce.hex()}))
     except httpx.HTTPError as exc:
         raise NetworkError(f"cannot reach the coordinator at {base}: {exc}") from exc
-    root_pem = str(_field(body, "root_certificate", str)).encode("ascii", "replace")
+    root_pem = str(field_value(body, "root_certificate", str)).encode("ascii", "replace")
     try:
         root = x509.load_pem_x509_certificate(root_pem)
     except ValueError as exc:
@@ -295,7 +214,7 @@ def verify_coordinator(
         ) from exc
     root_der = root.public_bytes(serialization.Encoding.DER)
     try:
-        quote = bytes.fromhex(_field(body, "quote", str))
+        quote = bytes.fromhex(field_value(body, "quote", str))
     except ValueError as exc:
         raise VerificationError("malformed_response", "the quote is not hex") from exc
     if collateral is None:
@@ -363,19 +282,19 @@ def fetch_manifest(
     """
     with _coordinator_session(url, root_pem, timeout) as client:
         body = _json(client.get("/api/v1/manifest"))
-    manifest = _field(body, "manifest", dict)
+    manifest = field_value(body, "manifest", dict)
     canonical = json.dumps(
         manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
     digest = hashlib.sha256(canonical).digest()
-    if _field(body, "sha256", str) != digest.hex():
+    if field_value(body, "sha256", str) != digest.hex():
         raise VerificationError(
             "manifest_digest_mismatch", "the manifest does not have the stated SHA-256"
         )
     root = x509.load_pem_x509_certificate(root_pem)
     public_key = root.public_key()
     try:
-        signature = base64.b64decode(_field(body, "signature", str), validate=True)
+        signature = base64.b64decode(field_value(body, "signature", str), validate=True)
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise InvalidSignature
         public_key.verify(signature, canonical, ec.ECDSA(hashes.SHA384()))
@@ -918,163 +837,4 @@ def coordinator_certificate_chain(
     """
     with _coordinator_session(url, root_pem, timeout) as client:
         body = _json(client.get("/api/v1/quote", params={"nonce": secrets.token_hex(32)}))
-    return str(_field(body, "certificate_chain", str))
-
-
-def _certificates(pem: str, what: str) -> tuple[x509.Certificate, ...]:
-    try:
-        certificates = tuple(x509.load_pem_x509_certificates(pem.encode("ascii")))
-    except (ValueError, UnicodeEncodeError) as exc:
-        raise VerificationError("malformed_response", f"{what} does not parse") from exc
-    if not certificates:
-        raise VerificationError("malformed_response", f"{what} is empty")
-    return certificates
-
-
-def activate(
-    url: str,
-    root_pem: bytes,
-    service: str,
-    instance: str,
-    backend: TEEBackend,
-    *,
-    collateral: Collateral | Mapping[str, Any] | None = None,
-    clock: Callable[[], float] = time.time,
-    timeout: float = _DEFAULT_TIMEOUT,
-) -> ActivationResult:
-    """Activate ``service``/``instance`` at the coordinator pinned by ``root_pem``.
-
-    ``collateral`` defaults to the simulated platform's when ``backend`` is simulated; with
-    hardware it must be given (from a PCCS).
-
-    Raises:
-        ConfigError: bad URL, root or arguments; no collateral for a hardware backend.
-        NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
-        VerificationError: the coordinator refused the evidence (``reason`` from it), or its
-            answer does not check out (certificate not for our key, bad chain).
-        RequestRefusedError: another refusal (unknown service, too many instances, ...).
-    """
-    if collateral is None:
-        if not isinstance(backend, SimulationBackend):
-            raise ConfigError("collateral is needed to activate with a hardware TEE")
-        collateral_json: Mapping[str, Any] = backend.platform.collateral()
-    elif isinstance(collateral, Mapping):
-        collateral_json = dict(collateral)
-    else:
-        collateral_json = collateral.to_mapping()  # a Collateral
-    for attempt in range(1, _ACTIVATION_ATTEMPTS + 1):
-        try:
-            return _activate_once(
-                url, root_pem, service, instance, backend, collateral_json, clock, timeout
-            )
-        except RequestRefusedError as exc:
-            # A manifest update landed while we were activating: run the whole protocol again
-            # (new key, new nonce) against the new manifest.
-            if exc.code != "manifest_changed" or attempt == _ACTIVATION_ATTEMPTS:
-                raise
-            _logger.info("the manifest changed during activation; retrying")
-    raise RuntimeError("unreachable")  # pragma: no cover - the loop returns or raises
-
-
-def _activate_once(
-    url: str,
-    root_pem: bytes,
-    service: str,
-    instance: str,
-    backend: TEEBackend,
-    collateral_json: Mapping[str, Any],
-    clock: Callable[[], float],
-    timeout: float,
-) -> ActivationResult:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
-        .sign(key, hashes.SHA256())
-    )
-    spki = public_key_der(key.public_key())
-    try:
-        with pinned_client(url, root_pem, timeout=timeout) as client:
-            nonce_body = _json(client.post("/api/v1/activation/nonce"))
-            nonce = bytes.fromhex(_field(nonce_body, "nonce", str))
-            quote = backend.quote(activation_report_data(spki, nonce))
-            body = _json(
-                client.post(
-                    "/api/v1/activation",
-                    json={
-                        "service": service,
-                        "instance": instance,
-                        "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
-                        "nonce": nonce.hex(),
-                        "quote": quote.hex(),
-                        "collateral": dict(collateral_json),
-                    },
-                )
-            )
-    except httpx.HTTPError as exc:
-        raise NetworkError(f"activation at {url} failed: {exc}") from exc
-    except ValueError as exc:
-        raise VerificationError("malformed_response", "the nonce is not hex") from exc
-    return _check_activation(body, key, root_pem, service, instance, clock)
-
-
-def _check_activation(
-    body: Mapping[str, Any],
-    key: ec.EllipticCurvePrivateKey,
-    root_pem: bytes,
-    service: str,
-    instance: str,
-    clock: Callable[[], float],
-) -> ActivationResult:
-    root = x509.load_pem_x509_certificate(root_pem)
-    chain = _certificates(_field(body, "certificate_chain", str), "certificate_chain")
-    bundle = _certificates(_field(body, "trust_bundle", str), "trust_bundle")
-    leaf = chain[0]
-    if public_key_der(leaf.public_key()) != public_key_der(key.public_key()):
-        raise VerificationError(
-            "certificate_key_mismatch", "the coordinator certified another key than ours"
-        )
-    now = datetime.datetime.fromtimestamp(clock(), datetime.UTC)
-    verify_chain(leaf, chain[1:], root, now, require_client_auth=True)
-    placeholder = str(_field(body, "private_key_placeholder", str))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode("ascii")
-    files: dict[str, bytes] = {}
-    for path, encoded in dict(_field(body, "files", dict)).items():
-        try:
-            content = base64.b64decode(str(encoded), validate=True)
-        except ValueError as exc:
-            raise VerificationError("malformed_response", f"file {path} is not base64") from exc
-        files[str(path)] = content.replace(placeholder.encode("ascii"), key_pem.encode("ascii"))
-    env = {
-        str(name): str(value).replace(placeholder, key_pem)
-        for name, value in dict(_field(body, "env", dict)).items()
-    }
-    raw_argv = body.get("argv")
-    argv = None if raw_argv is None else [str(a).replace(placeholder, key_pem) for a in raw_argv]
-    simulated = bool(body.get("simulated"))
-    volumes: dict[str, VolumeKey] = {}
-    for name, grant in dict(body.get("volumes") or {}).items():
-        try:
-            volumes[str(name)] = VolumeKey(
-                mount=str(grant["mount"]),
-                key=base64.b64decode(str(grant["key"]), validate=True),
-                rollback_protected=bool(grant["rollback_protected"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise VerificationError("malformed_response", f"volume {name} is malformed") from exc
-    return ActivationResult(
-        service=service,
-        instance=instance,
-        simulated=simulated,
-        private_key=key,
-        certificate=leaf,
-        certificate_chain=chain,
-        trust_bundle=bundle,
-        root_certificate=root,
-        files=files,
-        env=env,
-        argv=argv,
-        volumes=volumes,
-    )
+    return str(field_value(body, "certificate_chain", str))

@@ -44,13 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import platformdirs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
 from sealpod._internal.fsutil import fsync_dir, write_file_atomic
@@ -147,6 +145,9 @@ def default_platform_dir() -> Path:
     override = os.environ.get("SEALPOD_SIM_DIR")
     if override:
         return Path(override)
+    # Imported here: `sealpod run --sim-dir` (and SEALPOD_SIM_DIR) start faster without it.
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("sealpod")) / "sim"
 
 
@@ -836,6 +837,9 @@ class SimulatedPlatform:
             + identity
             + (b"\x01" if debug else b"\x00")
         )
+        # Imported here: activation (quotes only) does not need it.
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         return HKDF(
             algorithm=hashes.SHA256(), length=SEALING_KEY_SIZE, salt=None, info=info
         ).derive(self._secret)
