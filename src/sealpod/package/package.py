@@ -2,7 +2,9 @@
 
 A package is an OCI image layout whose *last* layer holds exactly ``/.sealpod/enclave.json``,
 ``/.sealpod/enclave.sig`` and ``/.sealpod/gramine/entrypoint.manifest`` (plus their parent
-directories); the layers below it are the original image's. Everything read here is untrusted:
+directories); the layers below it are the original image's. The builder stores that layer
+uncompressed (it is read at every start); gzip-compressed ones, as older builds wrote, are read
+too. Everything read here is untrusted:
 
 * :func:`open_package` parses the layout (descriptors and JSON documents are digest-checked by
   :func:`sealpod.image.open_image`), checks the sealpod layer's blob digest and diff_id itself,
