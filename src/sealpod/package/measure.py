@@ -53,8 +53,11 @@ _MANIFEST_FLAGS: Final = 0x1 | 0x200
 _RUNTIME_FLAGS: Final = 0x1 | 0x4 | 0x200
 # The measurement records (SDM: ECREATE, EADD and EEXTEND operations), little-endian.
 _ECREATE = struct.Struct("<8sIQ44x")
-_EADD = struct.Struct("<8sQQ40x")
-_EEXTEND = struct.Struct("<8sQ48x")
+_EADD = "8sQQ40x"
+_EEXTEND = "8sQ48x"
+#: All records of one page: its EADD, then an EEXTEND and 256 bytes of the page, 16 times.
+_PAGE_RECORDS = struct.Struct(f"<{_EADD}{(_EEXTEND + '256s') * 16}")
+_PAGE_CHUNKS = struct.Struct("256s" * 16)
 
 
 def runtime_page(manifest_length: int, runtime_id: str = SEALPOD_RUNTIME_ID) -> bytes:
@@ -85,15 +88,14 @@ def measure_manifest_bytes(data: bytes, *, runtime_id: str = SEALPOD_RUNTIME_ID)
 
 def _pages(offset: int, data: bytes, flags: int) -> bytes:
     """The EADD and EEXTEND records of page-aligned ``data`` added at ``offset``."""
-    view = memoryview(data)
-    eadd, eextend = _EADD.pack, _EEXTEND.pack
-    records: list[bytes | memoryview] = []
-    append = records.append
+    fields: list[object] = [b"EADD", 0, flags, *([b"EEXTEND", 0, b""] * 16)]
+    records: list[bytes] = []
     for page in range(0, len(data), PAGE_SIZE):
-        append(eadd(b"EADD", offset + page, flags))
-        for chunk in range(page, page + PAGE_SIZE, _CHUNK):
-            append(eextend(b"EEXTEND", offset + chunk))
-            append(view[chunk : chunk + _CHUNK])
+        base = offset + page
+        fields[1] = base
+        fields[4::3] = range(base, base + PAGE_SIZE, _CHUNK)
+        fields[5::3] = _PAGE_CHUNKS.unpack_from(data, page)
+        records.append(_PAGE_RECORDS.pack(*fields))
     return b"".join(records)
 
 
