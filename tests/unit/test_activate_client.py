@@ -9,6 +9,7 @@ path against the real coordinator is in tests/integration/test_coordinator_serve
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import http.server
@@ -540,6 +541,137 @@ def test_pinned_root_that_is_not_a_certificate_is_a_config_error(
         _activate("https://127.0.0.1:8443", b"-----BEGIN CERTIFICATE-----\ngarbage\n", backend)
 
 
+# -- HTTP proxies (as httpx honoured them) --------------------------------------------------
+
+
+@dataclass
+class Proxy:
+    """A CONNECT proxy on loopback that records what it was asked (or refuses everything)."""
+
+    url: str
+    requests: list[list[str]]
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+def _serve_proxy(listener: socket.socket, requests: list[list[str]], refuse: bool) -> None:
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := client.recv(4096)):
+            head += chunk
+        lines = head.decode("latin-1").split("\r\n")
+        requests.append([line for line in lines if line])
+        method, target, _ = lines[0].split(" ", 2)
+        if refuse or method != "CONNECT":
+            client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            continue
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=_pipe, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+
+
+@pytest.fixture
+def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
+    refuse = getattr(request, "param", False)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    requests: list[list[str]] = []
+    threading.Thread(target=_serve_proxy, args=(listener, requests, refuse), daemon=True).start()
+    yield Proxy(f"http://user:s%40cret@127.0.0.1:{listener.getsockname()[1]}", requests)
+    listener.close()
+
+
+def _no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("https_proxy", "all_proxy", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_activation_tunnels_through_the_https_proxy_of_the_environment(
+    serve: Callable[..., str],
+    ca: CoordinatorCA,
+    backend: SimulationBackend,
+    proxy: Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = Script(
+        {"/api/v1/activation/nonce": _nonce_answer([]), "/api/v1/activation": _grant(ca)}
+    )
+    url = serve(script)
+    _no_proxy_environment(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    _activate(url, _root_pem(ca), backend)
+
+    [connect] = proxy.requests
+    assert connect[0].startswith(f"CONNECT {url.removeprefix('https://')} HTTP/1.")
+    expected = "Basic " + base64.b64encode(b"user:s@cret").decode()
+    assert f"Proxy-Authorization: {expected}" in connect
+    assert script.connections == 1
+
+
+def test_no_proxy_entry_bypasses_the_proxy(
+    serve: Callable[..., str],
+    ca: CoordinatorCA,
+    backend: SimulationBackend,
+    proxy: Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = Script(
+        {"/api/v1/activation/nonce": _nonce_answer([]), "/api/v1/activation": _grant(ca)}
+    )
+    url = serve(script)
+    _no_proxy_environment(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    _activate(url, _root_pem(ca), backend)
+    assert proxy.requests == []
+
+
+@pytest.mark.parametrize("proxy", [True], indirect=True)
+def test_proxy_refusing_the_tunnel_is_a_network_error(
+    serve: Callable[..., str],
+    ca: CoordinatorCA,
+    backend: SimulationBackend,
+    proxy: Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = Script({"/api/v1/activation/nonce": _nonce_answer([])})
+    url = serve(script)
+    _no_proxy_environment(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    with pytest.raises(NetworkError):
+        _activate(url, _root_pem(ca), backend)
+    assert script.exchanges == []
+
+
+def test_socks_proxy_is_a_config_error_that_hides_its_credentials(
+    ca: CoordinatorCA, backend: SimulationBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy_environment(monkeypatch)
+    monkeypatch.setenv("ALL_PROXY", "socks5://user:hunter2@127.0.0.1:1080")
+    with pytest.raises(ConfigError) as caught:
+        _activate("https://127.0.0.1:8443", _root_pem(ca), backend)
+    assert "hunter2" not in str(caught.value)
+
+
 # -- start-up weight --------------------------------------------------------------------------
 
 
@@ -552,7 +684,8 @@ def test_activation_imports_no_http_framework_pydantic_or_verifier() -> None:
         "from sealpod.tee.simulation import default_platform_dir\n"
         "heavy = ('httpx', 'httpcore', 'h11', 'anyio', 'trio', 'pydantic', 'fastapi', 'jinja2',\n"
         "         'dcap_qvl', 'yaml', 'rich', 'platformdirs', 'sealpod.attestation.verify',\n"
-        "         'sealpod.attestation.collateral', 'sealpod.manifest', 'sealpod.store')\n"
+        "         'sealpod.attestation.collateral', 'sealpod.manifest', 'sealpod.store',\n"
+        "         'urllib.request', 'sealpod.coordinator._client_calls')\n"
         "print(' '.join(sorted(m for m in heavy if m in sys.modules)))\n"
     )
     done = subprocess.run(

@@ -4,7 +4,9 @@
 on the start-up path: this module imports neither httpx (with httpcore, h11 and trio it costs
 ~200 ms to import) nor pydantic, dcap-qvl or the attestation verifier. The two requests of an
 activation go over one keep-alive :class:`http.client.HTTPSConnection` whose TLS context trusts
-only the pinned coordinator root (and checks the host name).
+only the pinned coordinator root (and checks the host name). As with httpx, an HTTP proxy in
+``HTTPS_PROXY``/``ALL_PROXY`` (minus ``NO_PROXY``) is used as a CONNECT tunnel; TLS still ends
+at the coordinator and is still pinned.
 
 :mod:`sealpod.coordinator.client` re-exports the public names; the other client calls stay on
 httpx and share :func:`raise_for_refusal` so that both map the coordinator's error bodies the
@@ -19,6 +21,7 @@ import datetime
 import http.client
 import json
 import logging
+import os
 import ssl
 import time
 import urllib.parse
@@ -186,6 +189,35 @@ def field_value(body: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def _proxy(host: str) -> urllib.parse.SplitResult | None:
+    """The HTTP proxy to tunnel to ``host`` through, from the environment (as httpx reads it).
+
+    Raises:
+        ConfigError: the proxy is not an ``http://`` URL with a host and a valid port.
+    """
+    if not any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    # Imported only when a proxy is configured: it costs start-up time.
+    import urllib.request
+
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get("https") or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(host, proxies):
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        valid = parts.scheme == "http" and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid:
+        # Never the URL itself in the message: it may carry credentials.
+        raise ConfigError("the HTTPS proxy in the environment is not an http://host[:port] URL")
+    return parts
+
+
 class _PinnedConnection:
     """One keep-alive HTTPS connection to the coordinator, TLS pinned to its root.
 
@@ -202,9 +234,28 @@ class _PinnedConnection:
         if not host:
             raise ConfigError(f"coordinator URL {url!r} has no host")
         self._prefix = parts.path.rstrip("/")
+        context = pinned_ssl_context(root_pem)
+        proxy = _proxy(host)
+        if proxy is None:
+            self._connection = http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=context
+            )
+            return
+        # TLS to the coordinator inside a CONNECT tunnel: the proxy sees only ciphertext, and
+        # the certificate is checked against the pin and the coordinator's host name.
         self._connection = http.client.HTTPSConnection(
-            host, port, timeout=timeout, context=pinned_ssl_context(root_pem)
+            str(proxy.hostname), proxy.port or 80, timeout=timeout, context=context
         )
+        headers = {}
+        if proxy.username is not None:
+            credentials = (
+                f"{urllib.parse.unquote(proxy.username)}:"
+                f"{urllib.parse.unquote(proxy.password or '')}"
+            )
+            headers["Proxy-Authorization"] = "Basic " + base64.b64encode(
+                credentials.encode("utf-8")
+            ).decode("ascii")
+        self._connection.set_tunnel(host, port or 443, headers=headers)
 
     def post(self, path: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
