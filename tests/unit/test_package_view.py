@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sealpod.errors import ManifestError
 from sealpod.package._rules import is_normal_path
 from sealpod.package.manifest import EnclaveManifest
-from sealpod.package.view import EnclaveView, read_canonical
+from sealpod.package.view import EnclaveView, _read_split, read_canonical
 
 
 def _canonical(document: Any) -> bytes:
@@ -376,3 +376,17 @@ def test_all_normal_paths_is_is_normal_path_without_root() -> None:
             expected = is_normal_path(path) and path != "/"
             assert _all_normal([path]) == expected, path
             assert _all_normal(["/x", path, "/y"]) == expected, path
+
+
+def test_trusted_paths_with_json_punctuation_are_read_like_the_model() -> None:
+    document = _full()
+    entry = {"sha256": "e" * 64, "size": 3, "mode": 0o644, "type": "file"}
+    for path in ("/usr/share/a}},{b", "/usr/share/c:d,e", "/usr/share/é ü", "/usr/share/x{y}"):
+        document["trusted_files"][path] = dict(entry)
+    data = _canonical(document)
+    assert b"\\" not in data
+    view = read_canonical(data)
+    assert view is not None
+    assert view == EnclaveView.from_model(EnclaveManifest.from_bytes(data))
+    assert view.trusted["/usr/share/a}},{b"] == "e" * 64
+    assert _read_split(data.decode()) == view  # the fast path itself, not the fallback
