@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 bubblewrap busybox-static
+APT_PACKAGES=(python3-venv python3-dev gcc fuse3 bubblewrap busybox-static
   debootstrap postgresql gocryptfs sqlite3 openssl)
 
 missing=()

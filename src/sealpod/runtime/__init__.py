@@ -5,7 +5,7 @@
   passed through, tmpfs and secrets in memory, volumes through :class:`VolumeProvider`).
 * :class:`Sandbox`: runs an unmodified program in bubblewrap namespaces with the shield as ``/``.
 
-Importing this package does not import pyfuse3; the shield's names load it on first use.
+Importing this package does not load the shield; its names load it on first use.
 """
 
 from __future__ import annotations

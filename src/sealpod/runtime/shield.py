@@ -33,21 +33,22 @@ Precedence for one path: memory file > volume > tmpfs > trusted > allowed.
 Kernel caching: trusted files are opened with ``keep_cache``: every page the kernel caches came
 from a chunk the shield verified, and a trusted path has exactly one valid content (its hash), so
 cached pages can never be tampered bytes. Passthrough, memory and volume files are opened without
-``keep_cache`` (the page cache is dropped on each open). Read requests are up to 1 MiB: libfuse's
-``max_pages`` is 256 and the shield raises the mount's readahead to 1 MiB (``read_ahead_kb``,
-as root). The ``max_read`` option itself is not used: libfuse 3.14 refuses it with pyfuse3,
-whose init handler leaves ``conn->max_read`` at 0.
+``keep_cache`` (the page cache is dropped on each open). Read requests are up to 1 MiB: the
+session asks for ``max_pages`` 256 and the shield raises the mount's readahead to 1 MiB
+(``read_ahead_kb``, as root).
 
 Permissions: the mount is made with ``allow_other`` and without ``default_permissions``: the
 shield enforces the *policy* (what exists, what is writable), not Unix permission bits; inside a
 sandbox every process is the application.
 
-Life cycle: :meth:`Shield.mount` runs the FUSE session in a background thread of the calling
-process (pyfuse3 keeps one session per process, so one shield per process at a time). The mount
-uses libfuse's ``auto_unmount``: a ``fusermount3`` helper removes the mount if the owning process
-dies, even by SIGKILL. :meth:`Shield.unmount` stops the session, detaches the mount and, when the
-shield created its own mountpoint, removes it; it falls back to a lazy ``fusermount3 -u -z`` /
-``umount -l``.
+Life cycle: :meth:`Shield.mount` serves the FUSE session (:mod:`sealpod.runtime._fuse`, the
+kernel protocol spoken directly; no libfuse, no event loop) on two background threads of the
+calling process; handlers run one at a time under one lock, which the whole-file check of a
+large trusted file drops while it hashes. Several shields may be mounted in one process. The
+mount uses ``fusermount3``'s ``auto_unmount``: the helper removes the mount if the owning process
+dies, even by SIGKILL. :meth:`Shield.unmount` detaches the mount, stops the session and, when
+the shield created its own mountpoint, removes it; it falls back to a lazy ``fusermount3 -u -z``
+/ ``umount -l``.
 """
 
 from __future__ import annotations
@@ -68,17 +69,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
-
-import pyfuse3
-import trio
+from typing import Concatenate, ParamSpec, TypeVar
 
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
+from sealpod.runtime import _fuse as fuse
 from sealpod.runtime._trusted import (
     TrustedFileModifiedError,
     TrustedReader,
@@ -201,19 +200,19 @@ _R = TypeVar("_R")
 _FS = TypeVar("_FS", bound="_ShieldOperations")
 
 
-def _fuse_error(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
+def _fuse_error(code: int) -> fuse.FUSEError:
+    return fuse.FUSEError(code)
 
 
 def _boundary(
-    fn: Callable[Concatenate[_FS, _P], Coroutine[Any, Any, _R]],
-) -> Callable[Concatenate[_FS, _P], Coroutine[Any, Any, _R]]:
-    """Turn every failure of a handler into an errno (pyfuse3 would stop the session)."""
+    fn: Callable[Concatenate[_FS, _P], _R],
+) -> Callable[Concatenate[_FS, _P], _R]:
+    """Turn every failure of a handler into an errno, logging the unexpected ones."""
 
-    async def wrapper(self: _FS, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    def wrapper(self: _FS, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return await fn(self, *args, **kwargs)
-        except pyfuse3.FUSEError:
+            return fn(self, *args, **kwargs)
+        except fuse.FUSEError:
             raise
         except TrustedFileModifiedError as exc:
             _logger.warning("shield refused a trusted file: %s", exc)
@@ -228,28 +227,28 @@ def _boundary(
     return wrapper
 
 
-def _refuse(code: int, node_path: str, why: str) -> pyfuse3.FUSEError:
+def _refuse(code: int, node_path: str, why: str) -> fuse.FUSEError:
     _logger.warning("shield refused %s: %s", node_path, why)
     return _fuse_error(code)
 
 
-class _ShieldOperations(pyfuse3.Operations):
-    """The FUSE request handlers. Runs on the shield's trio thread only."""
+class _ShieldOperations:
+    """The FUSE request handlers. The session calls them holding ``lock``, one at a time."""
 
-    def __init__(self, policy: ShieldPolicy) -> None:
-        super().__init__()
+    def __init__(self, policy: ShieldPolicy, lock: threading.Lock) -> None:
         self._policy = policy
+        self._lock = lock
         self._root_b = os.fsencode(str(policy.backing_root))
-        self._inos = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self._inos = itertools.count(fuse.ROOT_INODE + 1)
         self._nodes: dict[int, _Node] = {}
         self._handles: dict[int, _Handle] = {}
-        self._dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self._dirs: dict[int, list[tuple[bytes, fuse.EntryAttributes]]] = {}
         self._fhs = itertools.count(1)
         self._verified = VerificationCache()
         self._trusted_keys = sorted(policy.trusted)
         self._trusted_links = self._link_paths(policy)
         self.root = self._add(
-            _Node(pyfuse3.ROOT_INODE, _Kind.DIR, b"", None, loader=self._load_trusted)
+            _Node(fuse.ROOT_INODE, _Kind.DIR, b"", None, loader=self._load_trusted)
         )
         self._build()
 
@@ -450,8 +449,8 @@ class _ShieldOperations(pyfuse3.Operations):
 
     def _entry(
         self, ino: int, st: os.stat_result, *, readonly: bool = False
-    ) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
+    ) -> fuse.EntryAttributes:
+        attr = fuse.EntryAttributes()
         attr.st_ino = ino
         attr.generation = 0
         attr.entry_timeout = _TIMEOUT
@@ -471,8 +470,8 @@ class _ShieldOperations(pyfuse3.Operations):
 
     def _synthetic(
         self, ino: int, mode: int, size: int, uid: int, gid: int, mtime_ns: int, ctime_ns: int
-    ) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
+    ) -> fuse.EntryAttributes:
+        attr = fuse.EntryAttributes()
         attr.st_ino = ino
         attr.generation = 0
         attr.entry_timeout = _TIMEOUT
@@ -489,7 +488,7 @@ class _ShieldOperations(pyfuse3.Operations):
         attr.st_ctime_ns = ctime_ns
         return attr
 
-    def _attrs(self, node: _Node) -> pyfuse3.EntryAttributes:
+    def _attrs(self, node: _Node) -> fuse.EntryAttributes:
         kind = node.kind
         if kind is _Kind.DIR:
             try:
@@ -555,46 +554,46 @@ class _ShieldOperations(pyfuse3.Operations):
         return handle
 
     @staticmethod
-    def _chown(path: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def _chown(path: bytes, ctx: fuse.RequestContext) -> None:
         if os.geteuid() == 0:
             os.lchown(path, ctx.uid, ctx.gid)
 
     # -- metadata -------------------------------------------------------------------------
 
     @_boundary
-    async def lookup(
-        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def lookup(
+        self, parent_inode: int, name: bytes, ctx: fuse.RequestContext
+    ) -> fuse.EntryAttributes:
         try:
             return self._attrs(self._child(self._node(parent_inode), name))
-        except pyfuse3.FUSEError as exc:
+        except fuse.FUSEError as exc:
             if exc.errno != errno.ENOENT:
                 raise
         # A negative entry the kernel may cache for the same short timeout (st_ino 0): programs
         # probe many missing paths at start-up (Python's sys.path search).
-        negative = pyfuse3.EntryAttributes()
+        negative = fuse.EntryAttributes()
         negative.st_ino = 0
         negative.entry_timeout = _TIMEOUT
         return negative
 
-    async def forget(self, inode_list: object) -> None:
+    def forget(self, inode_list: object) -> None:
         # Nodes are kept for the life of the mount: their number is bounded by the paths the
         # application touched, and keeping them keeps inode numbers stable.
         return None
 
     @_boundary
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def getattr(self, inode: int, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         return self._attrs(self._node(inode))
 
     @_boundary
-    async def setattr(
+    def setattr(
         self,
         inode: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
+        attr: fuse.EntryAttributes,
+        fields: fuse.SetattrFields,
         fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
+        ctx: fuse.RequestContext,
+    ) -> fuse.EntryAttributes:
         node = self._node(inode)
         kind = node.kind
         if kind in (_Kind.TRUSTED, _Kind.TRUSTED_LINK):
@@ -647,7 +646,7 @@ class _ShieldOperations(pyfuse3.Operations):
         return self._attrs(node)
 
     @_boundary
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    def readlink(self, inode: int, ctx: fuse.RequestContext) -> bytes:
         node = self._node(inode)
         if node.kind is _Kind.TRUSTED_LINK:
             try:
@@ -664,7 +663,7 @@ class _ShieldOperations(pyfuse3.Operations):
         raise _fuse_error(errno.EINVAL)
 
     @_boundary
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    def access(self, inode: int, mode: int, ctx: fuse.RequestContext) -> bool:
         node = self._node(inode)
         if mode & os.W_OK:
             if node.kind in (_Kind.TRUSTED, _Kind.TRUSTED_LINK):
@@ -675,9 +674,9 @@ class _ShieldOperations(pyfuse3.Operations):
         return True
 
     @_boundary
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+    def statfs(self, ctx: fuse.RequestContext) -> fuse.StatvfsData:
         st = os.statvfs(self._root_b)
-        data = pyfuse3.StatvfsData()
+        data = fuse.StatvfsData()
         data.f_bsize = st.f_bsize
         data.f_frsize = st.f_frsize
         data.f_blocks = st.f_blocks
@@ -689,18 +688,18 @@ class _ShieldOperations(pyfuse3.Operations):
         data.f_namemax = st.f_namemax
         return data
 
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise _fuse_error(pyfuse3.ENOATTR)
+    def getxattr(self, inode: int, name: bytes, ctx: fuse.RequestContext) -> bytes:
+        raise _fuse_error(fuse.ENOATTR)
 
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+    def listxattr(self, inode: int, ctx: fuse.RequestContext) -> list[bytes]:
         return []
 
     # -- namespace changes ----------------------------------------------------------------
 
     @_boundary
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: fuse.RequestContext
+    ) -> fuse.EntryAttributes:
         parent = self._node(parent_inode)
         self._writable_dir(parent, name)
         if name in parent.children and parent.children[name].static:
@@ -724,9 +723,9 @@ class _ShieldOperations(pyfuse3.Operations):
         raise _fuse_error(errno.EACCES)
 
     @_boundary
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: fuse.RequestContext
+    ) -> fuse.EntryAttributes:
         parent = self._node(parent_inode)
         self._writable_dir(parent, name)
         if name in parent.children and parent.children[name].static:
@@ -743,13 +742,13 @@ class _ShieldOperations(pyfuse3.Operations):
             return self._attrs(self._new(_Kind.MEM_LINK, name, parent, mem=mem))
         raise _fuse_error(errno.EPERM)
 
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: fuse.RequestContext
+    ) -> fuse.EntryAttributes:
         # Hard links would give a trusted file a second, unchecked name.
         raise _fuse_error(errno.EPERM)
 
-    async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+    def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
         parent = self._node(parent_inode)
         self._writable_dir(parent, name)
         child = parent.children.get(name)
@@ -781,12 +780,12 @@ class _ShieldOperations(pyfuse3.Operations):
         parent.children.pop(name, None)
 
     @_boundary
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._remove(parent_inode, name, directory=False)
+    def unlink(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
+        self._remove(parent_inode, name, directory=False)
 
     @_boundary
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._remove(parent_inode, name, directory=True)
+    def rmdir(self, parent_inode: int, name: bytes, ctx: fuse.RequestContext) -> None:
+        self._remove(parent_inode, name, directory=True)
 
     def _domain(self, node: _Node) -> object:
         if self._is_backing_dir(node):
@@ -798,14 +797,14 @@ class _ShieldOperations(pyfuse3.Operations):
         return None
 
     @_boundary
-    async def rename(
+    def rename(
         self,
         parent_inode_old: int,
         name_old: bytes,
         parent_inode_new: int,
         name_new: bytes,
         flags: int,
-        ctx: pyfuse3.RequestContext,
+        ctx: fuse.RequestContext,
     ) -> None:
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         self._writable_dir(old_parent, name_old)
@@ -819,9 +818,9 @@ class _ShieldOperations(pyfuse3.Operations):
         domain = self._domain(old_parent)
         if domain is None or domain != self._domain(new_parent):
             raise _fuse_error(errno.EXDEV)
-        if flags & pyfuse3.RENAME_EXCHANGE:
+        if flags & fuse.RENAME_EXCHANGE:
             raise _fuse_error(errno.EINVAL)
-        noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
+        noreplace = bool(flags & fuse.RENAME_NOREPLACE)
         if domain == "backing":
             new_path = self._backing(new_parent) + b"/" + name_new
             if noreplace and os.path.lexists(new_path):
@@ -848,7 +847,7 @@ class _ShieldOperations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------------------
 
-    async def _open_trusted(self, node: _Node) -> pyfuse3.FileInfo:
+    def _open_trusted(self, node: _Node) -> fuse.FileInfo:
         path = node.display()
         try:
             fd = os.open(
@@ -870,8 +869,12 @@ class _ShieldOperations(pyfuse3.Operations):
             if os.fstat(fd).st_size <= _INLINE_VERIFY:
                 content, chunks = verify()  # small: cheaper than the thread hop
             else:
-                # Hash on a worker thread (hashlib releases the GIL) so other requests go on.
-                content, chunks = await trio.to_thread.run_sync(verify)
+                # Let other requests go on meanwhile (hashlib releases the GIL).
+                self._lock.release()
+                try:
+                    content, chunks = verify()
+                finally:
+                    self._lock.acquire()
         except TrustedFileModifiedError as exc:
             os.close(fd)
             raise _refuse(errno.EACCES, path, str(exc)) from None
@@ -880,45 +883,45 @@ class _ShieldOperations(pyfuse3.Operations):
             raise
         reader = TrustedReader(fd, content, path=path, verified_chunks=chunks)
         fh = self._fh(_TrustedHandle(reader))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return fuse.FileInfo(fh=fh, keep_cache=True)
 
     @_boundary
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    def open(self, inode: int, flags: int, ctx: fuse.RequestContext) -> fuse.FileInfo:
         node = self._node(inode)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         kind = node.kind
         if kind is _Kind.TRUSTED:
             if writing:
                 raise _refuse(errno.EROFS, node.display(), "trusted files are read-only")
-            return await self._open_trusted(node)
+            return self._open_trusted(node)
         if kind is _Kind.BACKED:
             fd = os.open(
                 self._backing(node),
                 (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW | os.O_CLOEXEC,
             )
-            return pyfuse3.FileInfo(fh=self._fh(_FdHandle(fd)))
+            return fuse.FileInfo(fh=self._fh(_FdHandle(fd)))
         if kind is _Kind.MEM_FILE and node.mem is not None:
             if flags & os.O_TRUNC and writing:
                 del node.mem.data[:]
-            return pyfuse3.FileInfo(fh=self._fh(_MemHandle(node)))
+            return fuse.FileInfo(fh=self._fh(_MemHandle(node)))
         if kind is _Kind.VOLUME and node.provider is not None:
             handle = node.provider.open(node.volume_path(), flags, 0o600)
-            return pyfuse3.FileInfo(fh=self._fh(_VolumeHandle(node.provider, handle)))
+            return fuse.FileInfo(fh=self._fh(_VolumeHandle(node.provider, handle)))
         if kind in (_Kind.DIR, _Kind.MEM_DIR):
             raise _fuse_error(errno.EISDIR)
         raise _fuse_error(errno.EACCES)
 
     @_boundary
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: fuse.RequestContext
+    ) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
         parent = self._node(parent_inode)
         self._writable_dir(parent, name)
         existing = parent.children.get(name)
         if existing is not None and existing.static:
             if flags & os.O_EXCL:
                 raise _fuse_error(errno.EEXIST)
-            info = await self.open(existing.ino, flags & ~os.O_CREAT, ctx)
+            info = self.open(existing.ino, flags & ~os.O_CREAT, ctx)
             return info, self._attrs(existing)
         perm = stat.S_IMODE(mode) & ~ctx.umask
         if self._is_backing_dir(parent):
@@ -927,26 +930,26 @@ class _ShieldOperations(pyfuse3.Operations):
             if os.geteuid() == 0:
                 os.fchown(fd, ctx.uid, ctx.gid)
             node = self._pass_child(parent, name, existing)
-            return pyfuse3.FileInfo(fh=self._fh(_FdHandle(fd))), self._attrs(node)
+            return fuse.FileInfo(fh=self._fh(_FdHandle(fd))), self._attrs(node)
         if parent.kind is _Kind.MEM_DIR:
             if existing is not None:
                 if flags & os.O_EXCL:
                     raise _fuse_error(errno.EEXIST)
-                info = await self.open(existing.ino, flags & ~os.O_CREAT, ctx)
+                info = self.open(existing.ino, flags & ~os.O_CREAT, ctx)
                 return info, self._attrs(existing)
             mem = _Mem(mode=stat.S_IFREG | perm, uid=ctx.uid, gid=ctx.gid)
             node = self._new(_Kind.MEM_FILE, name, parent, static=False, mem=mem)
-            return pyfuse3.FileInfo(fh=self._fh(_MemHandle(node))), self._attrs(node)
+            return fuse.FileInfo(fh=self._fh(_MemHandle(node))), self._attrs(node)
         if parent.kind is _Kind.VOLUME and parent.provider is not None:
             probe = _Node(0, _Kind.VOLUME, name, parent, volume_root=parent.volume_root)
             handle = parent.provider.open(probe.volume_path(), flags | os.O_CREAT, perm)
             node = self._child(parent, name)
-            info = pyfuse3.FileInfo(fh=self._fh(_VolumeHandle(parent.provider, handle)))
+            info = fuse.FileInfo(fh=self._fh(_VolumeHandle(parent.provider, handle)))
             return info, self._attrs(node)
         raise _fuse_error(errno.EACCES)
 
     @_boundary
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handle(fh)
         if isinstance(handle, _TrustedHandle):
             return handle.reader.read(off, size)
@@ -958,7 +961,7 @@ class _ShieldOperations(pyfuse3.Operations):
         return handle.provider.read(handle.handle, off, size)
 
     @_boundary
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
         if isinstance(handle, _TrustedHandle):
             raise _fuse_error(errno.EBADF)
@@ -975,11 +978,11 @@ class _ShieldOperations(pyfuse3.Operations):
             return len(buf)
         return handle.provider.write(handle.handle, off, buf)
 
-    async def flush(self, fh: int) -> None:
+    def flush(self, fh: int) -> None:
         return None
 
     @_boundary
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
         if isinstance(handle, _FdHandle):
             (os.fdatasync if datasync else os.fsync)(handle.fd)
@@ -987,7 +990,7 @@ class _ShieldOperations(pyfuse3.Operations):
             handle.provider.fsync(handle.handle)
 
     @_boundary
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, _TrustedHandle):
             handle.reader.close()
@@ -1018,27 +1021,26 @@ class _ShieldOperations(pyfuse3.Operations):
         return sorted(names)
 
     @_boundary
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    def opendir(self, inode: int, ctx: fuse.RequestContext) -> int:
         node = self._node(inode)
-        entries: list[tuple[bytes, pyfuse3.EntryAttributes]] = []
+        entries: list[tuple[bytes, fuse.EntryAttributes]] = []
         for name in self._names(node):
             try:
                 entries.append((name, self._attrs(self._child(node, name))))
-            except pyfuse3.FUSEError:
+            except fuse.FUSEError:
                 continue  # vanished, or a refused trusted entry: not listed
         fh = next(self._fhs)
         self._dirs[fh] = entries
         return fh
 
     @_boundary
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    def readdir(self, fh: int, start_id: int) -> Iterator[tuple[bytes, fuse.EntryAttributes, int]]:
         entries = self._dirs.get(fh, [])
         for index in range(start_id, len(entries)):
             name, attrs = entries[index]
-            if not pyfuse3.readdir_reply(token, name, attrs, index + 1):
-                break
+            yield name, attrs, index + 1
 
-    async def releasedir(self, fh: int) -> None:
+    def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
     def close_all(self) -> None:
@@ -1065,7 +1067,7 @@ _ACTIVE: list[Shield] = []
 @atexit.register
 def _unmount_at_exit() -> None:
     # A shield still mounted when the interpreter exits is unmounted (and its own mountpoint
-    # removed) here; after SIGKILL, libfuse's auto_unmount helper removes the mount instead.
+    # removed) here; after SIGKILL, fusermount3's auto_unmount removes the mount instead.
     for shield in list(_ACTIVE):
         shield.unmount()
 
@@ -1112,12 +1114,9 @@ class Shield:
     def __init__(self, policy: ShieldPolicy) -> None:
         self._policy = policy
         self._ops: _ShieldOperations | None = None
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._ready = threading.Event()
+        self._session: fuse.FUSESession | None = None
         self._mountpoint: Path | None = None
         self._own_dir: Path | None = None
-        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"Shield(backing_root={str(self._policy.backing_root)!r}, mountpoint={self._mountpoint!r})"
@@ -1144,15 +1143,16 @@ class Shield:
         Returns self, so ``with Shield(p).mount(dir) as s:`` works.
 
         Raises:
-            ConfigError: this shield or another one in this process is already mounted, or the
-                policy's tree is inconsistent with itself.
-            EnvironmentUnavailableError: /dev/fuse, libfuse or the mount itself is unavailable.
+            ConfigError: this shield is already mounted, or the policy's tree is inconsistent
+                with itself.
+            EnvironmentUnavailableError: /dev/fuse, fusermount3 or the mount itself is
+                unavailable.
         """
         if not os.path.exists("/dev/fuse"):
             raise EnvironmentUnavailableError("/dev/fuse is missing: the shield needs FUSE")
         with _PROCESS_LOCK:
-            if _ACTIVE:
-                raise ConfigError("a shield is already mounted in this process (one at a time)")
+            if self in _ACTIVE:
+                raise ConfigError("this shield is already mounted")
             _ACTIVE.append(self)
         try:
             self._start(mountpoint)
@@ -1170,49 +1170,20 @@ class Shield:
             target = self._own_dir
         else:
             target = Path(mountpoint)
-        self._ops = _ShieldOperations(self._policy)
-        options = {
-            "fsname=sealpod-shield",
-            "subtype=sealpod",
-            "allow_other",
-            "auto_unmount",
-            "noatime",
-        }
-        try:
-            pyfuse3.init(self._ops, str(target), options)
-        except (RuntimeError, OSError) as exc:
-            raise EnvironmentUnavailableError(
-                f"cannot mount the shield at {target}: {exc}"
-            ) from exc
+            if not target.is_dir():
+                raise EnvironmentUnavailableError(
+                    f"cannot mount the shield at {target}: not a directory"
+                )
+        lock = threading.Lock()
+        self._ops = _ShieldOperations(self._policy, lock)
+        options = ("fsname=sealpod-shield", "subtype=sealpod", "allow_other", "auto_unmount",
+                   "noatime")  # fmt: skip
+        session = fuse.FUSESession(self._ops, str(target), options, lock=lock)
+        session.start()
+        self._session = session
         self._mountpoint = target
-        self._ready.clear()
-        self._thread = threading.Thread(target=self._serve, name="sealpod-shield", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout=10):
-            self.unmount()
-            raise EnvironmentUnavailableError("the shield's FUSE session did not start")
         self._raise_readahead(target)
         _logger.debug("shield mounted at %s over %s", target, self._policy.backing_root)
-
-    def _serve(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as exc:
-            self._failure = exc
-            _logger.error("shield: FUSE session failed: %r", exc)
-        finally:
-            self._ready.set()
-            try:
-                pyfuse3.close(unmount=True)
-            except Exception:
-                _logger.debug("shield: pyfuse3.close failed", exc_info=True)
-            if self._ops is not None:
-                self._ops.close_all()
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._ready.set()
-        await pyfuse3.main()
 
     @staticmethod
     def _raise_readahead(mountpoint: Path) -> None:
@@ -1229,22 +1200,16 @@ class Shield:
         Always leaves the mount point unmounted (falls back to a lazy unmount) and removes the
         mount point directory if the shield created it.
         """
-        thread, token, mountpoint = self._thread, self._token, self._mountpoint
+        session, mountpoint = self._session, self._mountpoint
         try:
-            if thread is not None and token is not None and thread.is_alive():
-                try:
-                    trio.from_thread.run_sync(pyfuse3.terminate, trio_token=token)
-                except (trio.RunFinishedError, RuntimeError):
-                    pass
-            if thread is not None:
-                thread.join(timeout=10)
-                if thread.is_alive():
-                    _logger.warning("shield: FUSE thread did not stop; detaching the mount")
+            if session is not None:
+                session.close()
+            if self._ops is not None:
+                self._ops.close_all()
             if mountpoint is not None and is_mounted(mountpoint):
                 _lazy_unmount(str(mountpoint))
         finally:
-            self._thread = None
-            self._token = None
+            self._session = None
             self._mountpoint = None
             self._remove_own_dir()
             with _PROCESS_LOCK:
