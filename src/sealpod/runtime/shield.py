@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import ClassVar, Concatenate, ParamSpec, TypeVar
 
 from sealpod.errors import ConfigError, EnvironmentUnavailableError
 from sealpod.runtime import _fuse as fuse
@@ -257,8 +257,34 @@ class _ShieldOperations:
     def _add(self, node: _Node) -> _Node:
         self._nodes[node.ino] = node
         if node.parent is not None:
-            node.parent.children[node.name] = node
+            node.parent.kids[node.name] = node
         return node
+
+    def _kid(self, parent: _Node, name: bytes) -> _Node | None:
+        """The child ``name`` of ``parent``, adding just that trusted entry if it is one.
+
+        A lookup needs one entry, not the whole directory (a Python start-up looks into
+        directories of hundreds of trusted files): one dictionary probe and one bisection."""
+        kid = parent.kids.get(name)
+        if kid is not None or parent.loader is None:
+            return kid
+        prefix = os.fsdecode(parent.path()).rstrip("/") + "/"
+        path = prefix + os.fsdecode(name)
+        expected = self._policy.trusted.get(path)
+        if expected is not None:
+            kind = _Kind.TRUSTED_LINK if path in self._trusted_links else _Kind.TRUSTED
+            return self._new(kind, name, parent, expected=expected)
+        keys = self._trusted_keys
+        i = bisect.bisect_left(keys, path + "/")
+        if i < len(keys) and keys[i].startswith(path + "/"):
+            return self._new(
+                _Kind.DIR,
+                name,
+                parent,
+                allowed=parent.allowed or path in self._policy.allowed,
+                loader=self._load_trusted,
+            )
+        return None
 
     def _new(self, kind: _Kind, name: bytes, parent: _Node, **kw: object) -> _Node:
         return self._add(_Node(next(self._inos), kind, name, parent, **kw))  # type: ignore[arg-type]
@@ -321,9 +347,13 @@ class _ShieldOperations:
         prefix = os.fsdecode(node.path()).rstrip("/") + "/"
         allowed = self._policy.allowed
         i = bisect.bisect_left(keys, prefix)
+        kids = node.kids
         while i < len(keys) and keys[i].startswith(prefix):
             path = keys[i]
             name, sep, _ = path[len(prefix) :].partition("/")
+            if os.fsencode(name) in kids:  # added before (by _kid, or a policy entry)
+                i = bisect.bisect_left(keys, prefix + name + "0", i + 1) if sep else i + 1
+                continue
             if sep:
                 directory = prefix + name
                 self._new(
@@ -406,7 +436,7 @@ class _ShieldOperations:
             return parent
         if name == b"..":
             return parent.parent or parent
-        cached = parent.children.get(name)
+        cached = self._kid(parent, name)
         if parent.kind is _Kind.DIR:
             if cached is not None and cached.static:
                 return cached
@@ -441,7 +471,7 @@ class _ShieldOperations:
             os.lstat(self._backing(parent) + b"/" + name)
         except FileNotFoundError:
             if cached is not None:
-                del parent.children[name]
+                parent.kids.pop(name, None)
             raise _fuse_error(errno.ENOENT) from None
         if cached is not None:
             return cached
@@ -524,7 +554,7 @@ class _ShieldOperations:
 
     def _writable_dir(self, parent: _Node, name: bytes) -> None:
         """Refuse to create or remove ``name`` in ``parent`` unless the policy allows it."""
-        existing = parent.children.get(name)
+        existing = self._kid(parent, name)
         if (
             existing is not None
             and existing.static
@@ -978,9 +1008,6 @@ class _ShieldOperations:
             return len(buf)
         return handle.provider.write(handle.handle, off, buf)
 
-    def flush(self, fh: int) -> None:
-        return None
-
     @_boundary
     def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
@@ -1020,15 +1047,34 @@ class _ShieldOperations:
             raise _fuse_error(errno.ENOTDIR)
         return sorted(names)
 
+    _LISTED_TYPES: ClassVar[dict[_Kind, int]] = {
+        _Kind.DIR: stat.S_IFDIR,
+        _Kind.MEM_DIR: stat.S_IFDIR,
+        _Kind.TRUSTED: stat.S_IFREG,
+        _Kind.MEM_FILE: stat.S_IFREG,
+        _Kind.TRUSTED_LINK: stat.S_IFLNK,
+        _Kind.MEM_LINK: stat.S_IFLNK,
+    }
+
+    def _listed(self, node: _Node) -> fuse.EntryAttributes:
+        """What a directory listing needs of an entry: its inode number and type. A policy
+        entry's type is the policy's (a trusted path that is missing or changed on the backing
+        tree is listed, and refused when it is looked up); backing and volume entries are
+        asked."""
+        kind_type = self._LISTED_TYPES.get(node.kind)
+        if kind_type is None:
+            return self._attrs(node)
+        return fuse.EntryAttributes(st_ino=node.ino, st_mode=kind_type)
+
     @_boundary
     def opendir(self, inode: int, ctx: fuse.RequestContext) -> int:
         node = self._node(inode)
         entries: list[tuple[bytes, fuse.EntryAttributes]] = []
         for name in self._names(node):
             try:
-                entries.append((name, self._attrs(self._child(node, name))))
+                entries.append((name, self._listed(self._child(node, name))))
             except fuse.FUSEError:
-                continue  # vanished, or a refused trusted entry: not listed
+                continue  # vanished: not listed
         fh = next(self._fhs)
         self._dirs[fh] = entries
         return fh
