@@ -688,3 +688,48 @@ def test_sealpod_build_wires_the_premain_when_the_image_has_python_and_sealpod(
     assert argv[5:7] == ["--tmpfs", "/secrets"]
     digest = hashlib.sha256(b"\x7fELF not really").hexdigest()
     assert {"uri": "file:/usr/bin/python3.11", "sha256": digest} in document["sgx"]["trusted_files"]
+
+
+def _run_settings(tmp_path: Path, **kwargs: Any) -> Any:
+    from sealpod.runtime.run import RunSettings
+
+    return RunSettings(package=tmp_path / "pkg", tee="gramine", **kwargs)
+
+
+def test_run_tee_gramine_hands_the_coordinator_to_the_premain(tmp_path: Path) -> None:
+    from sealpod.runtime.run import gramine_premain_settings
+
+    root = tmp_path / "root.pem"
+    root.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    settings = _run_settings(
+        tmp_path,
+        coordinator="https://coord.example:4433",
+        coordinator_root=root,
+        service="web",
+        instance="web-1",
+    )
+    text = render_gramine_manifest(enclave_manifest(), symlink_targets=LINKS)
+    env = gramine_premain_settings(settings, text)
+    assert env == {
+        "SEALPOD_COORDINATOR": "https://coord.example:4433",
+        "SEALPOD_COORDINATOR_ROOT": root.read_text(),
+        "SEALPOD_SERVICE": "web",
+        "SEALPOD_INSTANCE": "web-1",
+    }
+    # Each variable is one the generated manifest passes through to the enclave.
+    passthrough = tomllib.loads(text)["loader"]["env"]
+    assert all(name in passthrough for name in env)
+
+
+def test_run_tee_gramine_with_a_coordinator_but_no_premain_is_refused(tmp_path: Path) -> None:
+    from sealpod.runtime.run import gramine_premain_settings
+
+    root = tmp_path / "root.pem"
+    root.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    settings = _run_settings(
+        tmp_path, coordinator="https://coord.example:4433", coordinator_root=root, service="web"
+    )
+    plain = render_gramine_manifest(enclave_manifest(with_sealpod=False), symlink_targets=LINKS)
+    with pytest.raises(ConfigError, match="needs the sealpod premain"):
+        gramine_premain_settings(settings, plain)
+    assert gramine_premain_settings(_run_settings(tmp_path), plain) is None

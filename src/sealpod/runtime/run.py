@@ -207,6 +207,46 @@ def _verified(path: Path) -> tuple[Package, PackageInfo]:
     return package, verify_package(package)
 
 
+def _coordinator_target(settings: RunSettings) -> tuple[str, str, bytes]:
+    """The coordinator URL, the service and the pinned root (PEM) the settings name.
+
+    Raises:
+        ConfigError: no coordinator, root or service, or the root cannot be read.
+    """
+    if settings.coordinator is None or settings.coordinator_root is None or not settings.service:
+        raise ConfigError("activation needs --coordinator, --coordinator-root and --service")
+    try:
+        return settings.coordinator, settings.service, settings.coordinator_root.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read --coordinator-root {settings.coordinator_root}: {exc.strerror or exc}"
+        ) from exc
+
+
+def gramine_premain_settings(settings: RunSettings, gramine_manifest: str) -> dict[str, str] | None:
+    """The environment that hands ``settings``' coordinator to the premain inside Gramine
+    (``None`` without a coordinator: the entrypoint then runs without secrets).
+
+    Raises:
+        ConfigError: a coordinator is given but the package's Gramine manifest does not start
+            the sealpod premain (nothing inside the enclave could activate), or the root
+            cannot be read.
+    """
+    if settings.coordinator is None:
+        return None
+    from sealpod.runtime._run_gramine import manifest_starts_premain, premain_environment
+
+    if not manifest_starts_premain(gramine_manifest):
+        raise ConfigError(
+            "--coordinator with --tee gramine needs the sealpod premain in the package: build "
+            "it from an image with Python and sealpod installed (docs/gramine.md)"
+        )
+    url, service, root_pem = _coordinator_target(settings)
+    return premain_environment(
+        coordinator=url, coordinator_root_pem=root_pem, service=service, instance=settings.instance
+    )
+
+
 def _activation(
     settings: RunSettings, info: PackageInfo, notify: Notify, simulated: bool
 ) -> tuple[ActivationResult, bytes]:
@@ -217,14 +257,7 @@ def _activation(
     from sealpod.tee import EnclaveIdentity, SimulatedPlatform, SimulationBackend
     from sealpod.tee.simulation import default_platform_dir
 
-    if settings.coordinator is None or settings.coordinator_root is None or not settings.service:
-        raise ConfigError("activation needs --coordinator, --coordinator-root and --service")
-    try:
-        root_pem = settings.coordinator_root.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read --coordinator-root {settings.coordinator_root}: {exc.strerror or exc}"
-        ) from exc
+    url, service, root_pem = _coordinator_target(settings)
     identity = EnclaveIdentity(
         mr_enclave=bytes.fromhex(info.mrenclave),
         mr_signer=bytes.fromhex(info.mrsigner),
@@ -238,14 +271,14 @@ def _activation(
             f"no simulated SGX platform at {platform_dir} (create one with `sealpod sim init`)"
         )
     backend = SimulationBackend(SimulatedPlatform.load(platform_dir), identity)
-    instance = settings.instance or default_instance(settings.service)
+    instance = settings.instance or default_instance(service)
     _say(
         notify,
         simulated,
-        f"activating service {settings.service!r} instance {instance!r} at "
-        f"{settings.coordinator} (TLS pinned to {settings.coordinator_root})",
+        f"activating service {service!r} instance {instance!r} at "
+        f"{url} (TLS pinned to {settings.coordinator_root})",
     )
-    result = activate(settings.coordinator, root_pem, settings.service, instance, backend)
+    result = activate(url, root_pem, service, instance, backend)
     _say(
         notify,
         simulated,
@@ -458,6 +491,7 @@ def _run_gramine(settings: RunSettings, notify: Notify) -> int:
         raise ConfigError("--tee gramine needs --gramine-key (the enclave signing key)")
     package, info = _verified(settings.package)
     _say(notify, False, f"package verified: MRENCLAVE (simulation) {info.mrenclave}")
+    premain_env = gramine_premain_settings(settings, package.gramine_manifest)
     tree = extract_cached(package_rootfs_layers(package).image, settings.cache_dir)
 
     with tempfile.TemporaryDirectory(prefix="sealpod-gramine-") as work:
@@ -466,6 +500,7 @@ def _run_gramine(settings: RunSettings, notify: Notify) -> int:
             work_dir=Path(work),
             signing_key=settings.gramine_key,
             argv=settings.extra_args,
+            premain_env=premain_env,
         )
         launch.manifest_path.write_text(package.gramine_manifest, encoding="utf-8")
         signed = subprocess.run(launch.sign, check=False)
