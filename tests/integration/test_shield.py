@@ -509,3 +509,27 @@ def test_failed_mount_is_an_environment_error_and_frees_the_process_slot(
         Shield(make_policy(root, trusted)).mount(tmp_path / "does-not-exist")
     with Shield(make_policy(root, trusted)) as shield:
         assert (shield.mountpoint / "etc" / "greeting").exists()
+
+
+def test_unmount_with_a_process_still_inside_ends_the_connection(
+    rootfs: tuple[Path, dict[str, str]],
+) -> None:
+    from sealpod.runtime import Shield, is_mounted
+
+    root, trusted = rootfs
+    shield = Shield(make_policy(root, trusted)).mount()
+    mountpoint = shield.mountpoint
+    # A process left behind with its working directory inside keeps the detached mount's
+    # connection alive; unmount must still return and leave nothing being served.
+    straggler = subprocess.Popen(["sleep", "60"], cwd=mountpoint / "etc")
+    try:
+        started = time.monotonic()
+        shield.unmount()
+        assert time.monotonic() - started < 10
+        assert not is_mounted(mountpoint)
+        with pytest.raises(OSError) as info:
+            os.listdir(f"/proc/{straggler.pid}/cwd")
+        assert info.value.errno in (errno.ENOTCONN, errno.ENOENT, errno.EIO)
+    finally:
+        straggler.kill()
+        straggler.wait()

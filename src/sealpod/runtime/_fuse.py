@@ -461,6 +461,14 @@ class FUSESession:
         if self._connection is None:
             return
         path = f"/sys/fs/fuse/connections/{os.minor(self._connection)}/abort"
+        if not os.path.exists(path) and os.geteuid() == 0:
+            # The fusectl filesystem is not always mounted (containers, minimal systems).
+            subprocess.run(
+                ["mount", "-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"],
+                check=False,
+                capture_output=True,
+                timeout=10,
+            )
         try:
             with open(path, "w") as f:
                 f.write("1")
