@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sealpod.errors import EnvironmentUnavailableError
 
@@ -151,7 +151,7 @@ class FUSEError(Exception):
         self.errno = code
 
 
-@dataclass(slots=True)
+@dataclass
 class EntryAttributes:
     """An inode's attributes and how long the kernel may cache them (``st_ino`` 0: negative)."""
 
@@ -172,7 +172,7 @@ class EntryAttributes:
     st_ctime_ns: int = 0
 
 
-@dataclass(slots=True)
+@dataclass
 class FileInfo:
     """The answer to an open: the handle number and the kernel caching flags."""
 
@@ -181,8 +181,7 @@ class FileInfo:
     direct_io: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
+class RequestContext(NamedTuple):
     """Who made a request."""
 
     uid: int
@@ -191,7 +190,7 @@ class RequestContext:
     umask: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SetattrFields:
     """Which fields a ``setattr`` changes."""
 
@@ -204,7 +203,7 @@ class SetattrFields:
     update_ctime: bool = False
 
 
-@dataclass(slots=True)
+@dataclass
 class StatvfsData:
     """``statfs`` results."""
 
@@ -744,7 +743,6 @@ def _detach(mountpoint: str) -> None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _NodeContext:
+class _NodeContext(NamedTuple):
     node: int
     request: RequestContext
