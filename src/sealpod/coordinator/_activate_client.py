@@ -44,11 +44,13 @@ if TYPE_CHECKING:
     from sealpod.tee.backend import TEEBackend
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "ActivationResult",
     "VolumeKey",
     "activate",
     "base_url",
     "field_value",
+    "json_object",
     "pinned_ssl_context",
     "raise_for_refusal",
 ]
