@@ -280,7 +280,7 @@ def _dirents(entries: Iterable[tuple[bytes, EntryAttributes, int]], size: int) -
     return bytes(out)
 
 
-Reply = bytes | list[bytes] | None
+Reply = bytes | list[bytes | memoryview] | None
 
 
 class FUSESession:
@@ -537,7 +537,7 @@ class FUSESession:
     def _send(self, unique: int, payload: bytes) -> None:
         self._send_parts(unique, [payload])
 
-    def _send_parts(self, unique: int, parts: list[bytes]) -> None:
+    def _send_parts(self, unique: int, parts: list[bytes | memoryview]) -> None:
         size = _OUT_HEADER.size + sum(len(p) for p in parts)
         try:
             os.writev(self._fd, [_OUT_HEADER.pack(size, 0, unique), *parts])

@@ -257,8 +257,10 @@ class TrustedReader:
         self._cached_index, self._cached = index, data
         return data
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         """Up to ``size`` verified bytes from ``offset`` (fewer at the end of the file).
+
+        Within one chunk the answer is a view of the verified chunk (no copy).
 
         Raises:
             TrustedFileModifiedError: a chunk covering the range no longer matches.
@@ -269,7 +271,7 @@ class TrustedReader:
         first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
         if first == last:
             base = first * CHUNK_SIZE
-            return self._chunk(first)[offset - base : end - base]
+            return memoryview(self._chunk(first))[offset - base : end - base]
         parts = []
         for index in range(first, last + 1):
             base = index * CHUNK_SIZE

@@ -979,7 +979,7 @@ class _ShieldOperations:
         raise _fuse_error(errno.EACCES)
 
     @_boundary
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._handle(fh)
         if isinstance(handle, _TrustedHandle):
             return handle.reader.read(off, size)
