@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sealpod.attestation.quote import SGXReportBody, parse_quote
-from sealpod.coordinator.client import ActivationResult, activate
+from sealpod.coordinator.client import (
+    ActivationResult,
+    PinnedVolumeTag,
+    activate,
+    get_volume_tag,
+    set_volume_tag,
+)
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.errors import ConfigError, NetworkError, VerificationError
 from sealpod.pki import CoordinatorCA
@@ -129,9 +135,18 @@ def _handler(script: Script) -> type[http.server.BaseHTTPRequestHandler]:
             self.connection_number = script.connections
 
         def do_POST(self) -> None:
+            self._exchange("POST")
+
+        def do_GET(self) -> None:
+            self._exchange("GET")
+
+        def do_PUT(self) -> None:
+            self._exchange("PUT")
+
+        def _exchange(self, method: str) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             exchange = Exchange(
-                "POST",
+                method,
                 self.path,
                 {k.lower(): v for k, v in self.headers.items()},
                 self.rfile.read(length),
@@ -672,6 +687,239 @@ def test_socks_proxy_is_a_config_error_that_hides_its_credentials(
     assert "hunter2" not in str(caught.value)
 
 
+# -- the activated instance's volume-tag calls ----------------------------------------------
+
+TAG_PATH = "/api/v1/volumes/data/tag"
+
+
+@pytest.fixture(scope="module")
+def instance(ca: CoordinatorCA) -> ActivationResult:
+    """An activated instance as the coordinator would certify it (web/web-0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = ca.issue_leaf(_csr(key), service="web", instance="web-0", simulated=True, now=NOW)
+    return ActivationResult(
+        service="web",
+        instance="web-0",
+        simulated=True,
+        private_key=key,
+        certificate=leaf,
+        certificate_chain=(leaf, ca.mesh.certificate),
+        trust_bundle=(ca.mesh.certificate,),
+        root_certificate=ca.root_certificate,
+        files={},
+        env={},
+        argv=None,
+    )
+
+
+def _tag_answer(version: int, tag: bytes | None) -> Answer:
+    return lambda _: _json_answer(
+        200, {"volume": "data", "version": version, "tag": None if tag is None else tag.hex()}
+    )
+
+
+def _check_service_signature(exchange: Exchange, instance: ActivationResult, root: bytes) -> None:
+    """Verify the request's signature from the format in the auth module's docstring."""
+    scheme, _, rest = exchange.headers["authorization"].partition(" ")
+    assert scheme == "Sealpod-Service-Signature"
+    params = dict(part.strip().split("=", 1) for part in rest.split(","))
+    params = {name: value.strip('"') for name, value in params.items()}
+    assert set(params) == {"cert", "time", "nonce", "signature"}
+    certificate = x509.load_der_x509_certificate(base64.b64decode(params["cert"]))
+    assert certificate == instance.certificate
+    root_der = x509.load_pem_x509_certificate(root).public_bytes(serialization.Encoding.DER)
+    signed = "\n".join(
+        [
+            "sealpod-request-v1",
+            exchange.method,
+            exchange.path,
+            params["time"],
+            params["nonce"],
+            hashlib.sha256(exchange.body).hexdigest(),
+            hashlib.sha256(root_der).hexdigest(),
+        ]
+    ).encode()
+    public_key = instance.certificate.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    public_key.verify(
+        base64.b64decode(params["signature"]), signed, ec.ECDSA(hashes.SHA256())
+    )  # raises InvalidSignature
+
+
+def test_volume_tag_is_asked_with_a_request_signed_by_the_instance_key(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: _tag_answer(3, b"\x07" * 32)})
+    root = _root_pem(ca)
+    pinned = get_volume_tag(serve(script), root, instance, "data", clock=lambda: 1_767_225_600)
+
+    assert pinned == PinnedVolumeTag(volume="data", version=3, tag=b"\x07" * 32)
+    [exchange] = script.exchanges
+    assert (exchange.method, exchange.path, exchange.body) == ("GET", TAG_PATH, b"")
+    assert 'time="1767225600"' in exchange.headers["authorization"]
+    _check_service_signature(exchange, instance, root)
+
+
+def test_unpinned_volume_has_no_tag(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: _tag_answer(0, None)})
+    pinned = get_volume_tag(serve(script), _root_pem(ca), instance, "data")
+    assert (pinned.version, pinned.tag) == (0, None)
+
+
+def test_new_tag_is_reported_with_the_version_it_replaces(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: _tag_answer(4, b"\x09" * 32)})
+    root = _root_pem(ca)
+    pinned = set_volume_tag(
+        serve(script), root, instance, "data", expected_version=3, tag=b"\x09" * 32
+    )
+
+    assert pinned == PinnedVolumeTag(volume="data", version=4, tag=b"\x09" * 32)
+    [exchange] = script.exchanges
+    assert (exchange.method, exchange.path) == ("PUT", TAG_PATH)
+    assert exchange.headers["content-type"] == "application/json"
+    assert json.loads(exchange.body) == {"expected_version": 3, "tag": "09" * 32}
+    _check_service_signature(exchange, instance, root)
+
+
+def test_stale_tag_report_is_refused_as_a_conflict(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: lambda _: _refusal(409, "volume_tag_conflict", "the pin moved")})
+    with pytest.raises(RequestRefusedError) as caught:
+        set_volume_tag(
+            serve(script), _root_pem(ca), instance, "data", expected_version=1, tag=b"\x01" * 32
+        )
+    assert (caught.value.status, caught.value.code) == (409, "volume_tag_conflict")
+
+
+def test_volume_tag_refusal_keeps_its_code_and_http_status(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: lambda _: _refusal(401, "certificate_invalid", "not current")})
+    with pytest.raises(RequestRefusedError) as caught:
+        get_volume_tag(serve(script), _root_pem(ca), instance, "data")
+    assert (caught.value.status, caught.value.code) == (401, "certificate_invalid")
+
+
+def test_volume_tag_evidence_refusal_is_a_verification_error(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: lambda _: _refusal(403, "tcb_revoked", "revoked", "evidence")})
+    with pytest.raises(VerificationError) as caught:
+        get_volume_tag(serve(script), _root_pem(ca), instance, "data")
+    assert caught.value.reason == "tcb_revoked"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"volume": "data", "version": 1, "tag": "zz"},
+        {"volume": "data", "tag": None},
+        {"volume": "data", "version": "one", "tag": None},
+    ],
+)
+def test_malformed_volume_tag_document_is_a_malformed_response(
+    serve: Callable[..., str],
+    ca: CoordinatorCA,
+    instance: ActivationResult,
+    document: dict[str, Any],
+) -> None:
+    script = Script({TAG_PATH: lambda _: _json_answer(200, document)})
+    with pytest.raises(VerificationError) as caught:
+        get_volume_tag(serve(script), _root_pem(ca), instance, "data")
+    assert caught.value.reason == "malformed_response"
+
+
+def test_volume_tag_answer_that_is_not_json_is_a_network_error(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: lambda _: (200, b"<html>portal</html>")})
+    with pytest.raises(NetworkError):
+        get_volume_tag(serve(script), _root_pem(ca), instance, "data")
+
+
+def test_volume_tag_from_a_server_of_another_root_is_refused(
+    serve: Callable[..., str],
+    ca: CoordinatorCA,
+    other_ca: CoordinatorCA,
+    instance: ActivationResult,
+) -> None:
+    script = Script({TAG_PATH: _tag_answer(1, b"\x01" * 32)})
+    url = serve(script, server_ca=other_ca)
+    with pytest.raises(NetworkError) as caught:
+        get_volume_tag(url, _root_pem(ca), instance, "data")
+    assert isinstance(caught.value.__cause__, ssl.SSLError)
+    assert script.exchanges == []  # the signed request never left
+
+
+def test_volume_tag_connection_dropped_mid_answer_is_a_network_error(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    script = Script({TAG_PATH: lambda _: (0, b"")})
+    with pytest.raises(NetworkError):
+        set_volume_tag(
+            serve(script), _root_pem(ca), instance, "data", expected_version=0, tag=b"\x01" * 32
+        )
+
+
+def test_volume_tag_at_an_unreachable_coordinator_is_a_network_error(
+    ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(NetworkError):
+        get_volume_tag(f"https://127.0.0.1:{port}", _root_pem(ca), instance, "data")
+
+
+def test_volume_tag_request_goes_through_the_https_proxy_of_the_environment(
+    serve: Callable[..., str],
+    ca: CoordinatorCA,
+    instance: ActivationResult,
+    proxy: Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = Script({TAG_PATH: _tag_answer(2, b"\x02" * 32)})
+    url = serve(script)
+    _no_proxy_environment(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    assert get_volume_tag(url, _root_pem(ca), instance, "data").version == 2
+    [connect] = proxy.requests
+    assert connect[0].startswith(f"CONNECT {url.removeprefix('https://')} HTTP/1.")
+
+
+@pytest.mark.parametrize("volume", ["../secrets/x", "", "data/tag", "-data", "a" * 65])
+def test_volume_name_that_could_leave_the_volume_path_is_a_config_error(
+    serve: Callable[..., str], ca: CoordinatorCA, instance: ActivationResult, volume: str
+) -> None:
+    script = Script({})
+    url = serve(script)
+    with pytest.raises(ConfigError):
+        get_volume_tag(url, _root_pem(ca), instance, volume)
+    with pytest.raises(ConfigError):
+        set_volume_tag(url, _root_pem(ca), instance, volume, expected_version=0, tag=b"\x01")
+    assert script.exchanges == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8443", "https://127.0.0.1:99999"])
+def test_volume_tag_at_a_bad_coordinator_url_is_a_config_error(
+    url: str, ca: CoordinatorCA, instance: ActivationResult
+) -> None:
+    with pytest.raises(ConfigError):
+        get_volume_tag(url, _root_pem(ca), instance, "data")
+
+
+def test_volume_tag_with_a_pinned_root_that_is_not_a_certificate_is_a_config_error(
+    instance: ActivationResult,
+) -> None:
+    with pytest.raises(ConfigError):
+        get_volume_tag("https://127.0.0.1:8443", b"not a certificate", instance, "data")
+
+
 # -- start-up weight --------------------------------------------------------------------------
 
 
@@ -692,3 +940,54 @@ def test_activation_imports_no_http_framework_pydantic_or_verifier() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.split() == []
+
+
+def test_volume_tag_calls_import_no_http_framework_pydantic_or_jinja2() -> None:
+    # `sealpod run` with a rollback-protected volume asks for the tag before the application
+    # starts (runtime/_run_volumes.py): the whole call, signing included, stays light. The call
+    # goes to a closed port so that every lazy import on its path is made.
+    code = (
+        "import datetime, sys\n"
+        "from cryptography import x509\n"
+        "from cryptography.hazmat.primitives import hashes, serialization\n"
+        "from cryptography.hazmat.primitives.asymmetric import ec\n"
+        "from cryptography.x509.oid import NameOID\n"
+        "import sealpod.runtime._run_volumes\n"
+        "from sealpod.coordinator.client import ActivationResult, get_volume_tag, set_volume_tag\n"
+        "from sealpod.errors import NetworkError\n"
+        "key = ec.generate_private_key(ec.SECP256R1())\n"
+        "name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'web')])\n"
+        "now = datetime.datetime.now(datetime.UTC)\n"
+        "cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)\n"
+        "        .public_key(key.public_key()).serial_number(1).not_valid_before(now)\n"
+        "        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))\n"
+        "root = cert.public_bytes(serialization.Encoding.PEM)\n"
+        "instance = ActivationResult(service='web', instance='web-0', simulated=True,\n"
+        "    private_key=key, certificate=cert, certificate_chain=(cert,), trust_bundle=(),\n"
+        "    root_certificate=cert, files={}, env={}, argv=None)\n"
+        f"url = 'https://127.0.0.1:{_closed_port()}'\n"
+        "for call in (lambda: get_volume_tag(url, root, instance, 'data'),\n"
+        "             lambda: set_volume_tag(url, root, instance, 'data', expected_version=0,\n"
+        "                                    tag=bytes(32))):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except NetworkError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit('the closed port answered')\n"
+        "assert 'sealpod.coordinator.auth' in sys.modules  # the signing path was taken\n"
+        "heavy = ('httpx', 'httpcore', 'h11', 'anyio', 'trio', 'pydantic', 'pydantic_core',\n"
+        "         'fastapi', 'starlette', 'jinja2', 'yaml', 'sealpod.manifest',\n"
+        "         'sealpod.coordinator._client_calls')\n"
+        "print(' '.join(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

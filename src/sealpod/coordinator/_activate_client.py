@@ -1,12 +1,16 @@
-"""Activation at the coordinator, on the standard library's HTTP client (start-up path).
+"""Activation at the coordinator, and the activated instance's volume-tag calls, on the standard
+library's HTTP client (start-up path).
 
-``sealpod run --coordinator`` activates before the application starts, so everything here is
-on the start-up path: this module imports neither httpx (with httpcore, h11 and trio it costs
-~200 ms to import) nor pydantic, dcap-qvl or the attestation verifier. The two requests of an
-activation go over one keep-alive :class:`http.client.HTTPSConnection` whose TLS context trusts
-only the pinned coordinator root (and checks the host name). As with httpx, an HTTP proxy in
-``HTTPS_PROXY``/``ALL_PROXY`` (minus ``NO_PROXY``) is used as a CONNECT tunnel; TLS still ends
-at the coordinator and is still pinned.
+``sealpod run --coordinator`` activates before the application starts and, when the package has a
+rollback-protected encrypted volume, asks for the volume's pinned tag before it starts too (and
+reports new tags while it runs), so everything here is on the start-up path: this module imports
+neither httpx (with httpcore, h11 and trio it costs ~200 ms to import) nor pydantic, dcap-qvl or
+the attestation verifier. The two requests of an activation go over one keep-alive
+:class:`http.client.HTTPSConnection` whose TLS context trusts only the pinned coordinator root
+(and checks the host name); each volume-tag request (:func:`get_volume_tag`,
+:func:`set_volume_tag`, signed by the activated instance's key) over one such connection. As with
+httpx, an HTTP proxy in ``HTTPS_PROXY``/``ALL_PROXY`` (minus ``NO_PROXY``) is used as a CONNECT
+tunnel; TLS still ends at the coordinator and is still pinned.
 
 :mod:`sealpod.coordinator.client` re-exports the public names; the other client calls stay on
 httpx and share :func:`raise_for_refusal` so that both map the coordinator's error bodies the
@@ -22,6 +26,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import ssl
 import time
 import urllib.parse
@@ -46,19 +51,25 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ActivationResult",
+    "PinnedVolumeTag",
     "VolumeKey",
     "activate",
     "base_url",
+    "check_name",
     "field_value",
+    "get_volume_tag",
     "json_object",
     "pinned_ssl_context",
     "raise_for_refusal",
+    "set_volume_tag",
+    "volume_tag",
 ]
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
 _ACTIVATION_ATTEMPTS = 3
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True, repr=False)
@@ -260,12 +271,19 @@ class _PinnedConnection:
         self._connection.set_tunnel(host, port or 443, headers=headers)
 
     def post(self, path: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
         body = b""
         if payload is not None:
             body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        self._connection.request("POST", self._prefix + path, body=body, headers=headers)
+        return self.request("POST", path, body)
+
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        sent = {"Accept": "application/json", **(headers or {})}
+        if body:
+            sent["Content-Type"] = "application/json"
+        # No body at all (rather than an empty one) keeps a GET free of Content-Length.
+        self._connection.request(method, self._prefix + path, body=body or None, headers=sent)
         response = self._connection.getresponse()
         # Read the whole body before the next request so the connection can be reused.
         content = response.read()
@@ -442,3 +460,132 @@ def _check_activation(
         argv=argv,
         volumes=volumes,
     )
+
+
+def check_name(kind: str, name: str) -> None:
+    """Refuse a secret, package or volume name that could not be a manifest name (or a path).
+
+    Raises:
+        ConfigError: ``name`` is not 1-64 letters, digits, ``_``, ``.`` or ``-`` (not first).
+    """
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(f"invalid {kind} name {name!r}")
+
+
+@dataclass(frozen=True)
+class PinnedVolumeTag:
+    """A volume's pinned state as the coordinator reports it."""
+
+    volume: str
+    version: int
+    tag: bytes | None
+
+
+def volume_tag(body: Mapping[str, Any]) -> PinnedVolumeTag:
+    """The :class:`PinnedVolumeTag` of a coordinator answer.
+
+    Raises:
+        VerificationError: ``malformed_response`` when the document is not a volume tag.
+    """
+    try:
+        tag = body.get("tag")
+        return PinnedVolumeTag(
+            volume=str(body["volume"]),
+            version=int(body["version"]),
+            tag=None if tag is None else bytes.fromhex(str(tag)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationError("malformed_response", "unexpected volume tag document") from exc
+
+
+def _service_request(
+    url: str,
+    root_pem: bytes,
+    activation: ActivationResult,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    clock: Callable[[], float],
+    timeout: float,
+) -> dict[str, Any]:
+    """One request signed by the activated instance's key, over a pinned connection."""
+    # Imported here: activation itself signs nothing.
+    from sealpod.coordinator.auth import service_authorization_header
+
+    connection = _PinnedConnection(url, root_pem, timeout)  # checks the URL and the root
+    try:
+        root = x509.load_pem_x509_certificate(root_pem)
+    except ValueError as exc:
+        raise ConfigError("the pinned coordinator root is not a PEM certificate") from exc
+    header = service_authorization_header(
+        activation.private_key,
+        activation.certificate,
+        method=method,
+        target=path,
+        body=body,
+        root_sha256=root.fingerprint(hashes.SHA256()),
+        time=int(clock()),
+    )
+    try:
+        # The connection opens here (nothing was sent before).
+        return connection.request(method, path, body, {"Authorization": header})
+    except (OSError, http.client.HTTPException) as exc:
+        raise NetworkError(f"cannot reach the coordinator at {url}: {_describe(exc)}") from exc
+    finally:
+        connection.close()
+
+
+def get_volume_tag(
+    url: str,
+    root_pem: bytes,
+    activation: ActivationResult,
+    volume: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> PinnedVolumeTag:
+    """The pinned tag of ``volume``, asked as the activated instance ``activation``.
+
+    Raises:
+        ConfigError: a malformed volume name, URL or root.
+        NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
+        VerificationError: ``malformed_response``.
+        RequestRefusedError: ``volume_not_mounted``, ``not_rollback_protected``,
+            ``certificate_invalid``...
+    """
+    check_name("volume", volume)
+    body = _service_request(
+        url, root_pem, activation, method="GET", path=f"/api/v1/volumes/{volume}/tag",
+        body=b"", clock=clock, timeout=timeout,
+    )  # fmt: skip
+    return volume_tag(body)
+
+
+def set_volume_tag(
+    url: str,
+    root_pem: bytes,
+    activation: ActivationResult,
+    volume: str,
+    *,
+    expected_version: int,
+    tag: bytes,
+    clock: Callable[[], float] = time.time,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> PinnedVolumeTag:
+    """Move ``volume``'s pin from ``expected_version`` to ``tag``.
+
+    Raises:
+        ConfigError: a malformed volume name, URL or root.
+        NetworkError: the coordinator cannot be reached (or fails TLS against the pin).
+        VerificationError: ``malformed_response``.
+        RequestRefusedError: ``volume_tag_conflict`` (someone moved the pin: the volume here
+            is not the latest), ``volume_not_mounted``, ...
+    """
+    check_name("volume", volume)
+    body = json.dumps({"expected_version": expected_version, "tag": tag.hex()}).encode()
+    answer = _service_request(
+        url, root_pem, activation, method="PUT", path=f"/api/v1/volumes/{volume}/tag",
+        body=body, clock=clock, timeout=timeout,
+    )  # fmt: skip
+    return volume_tag(answer)

@@ -6,8 +6,9 @@
   only then returns that root. The first connection needs no trust: an impostor cannot make a
   quote binding its own root, and every later call (:func:`pinned_client`) verifies the server's
   TLS certificate against the pinned root only.
-* The operator calls (manifest, secrets, updates, recovery, audit, status) and the activated
-  instance's service-signed calls (volume tags) go over :func:`pinned_client`.
+* The operator calls (manifest, secrets, updates, recovery, audit, status, volume reset) go over
+  :func:`pinned_client`. The activated instance's service-signed calls (volume tags) are on the
+  start-up path of ``sealpod run`` and live in :mod:`sealpod.coordinator._activate_client`.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from sealpod.coordinator._activate_client import (
     DEFAULT_TIMEOUT as _DEFAULT_TIMEOUT,
 )
 from sealpod.coordinator._activate_client import (
-    ActivationResult,
+    PinnedVolumeTag,
     base_url,
+    check_name,
     field_value,
     json_object,
     pinned_ssl_context,
     raise_for_refusal,
+    volume_tag,
 )
 from sealpod.coordinator.binding import coordinator_report_data
 from sealpod.errors import ConfigError, NetworkError, VerificationError
@@ -54,7 +57,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ManifestUpdate",
-    "PinnedVolumeTag",
     "SignedManifest",
     "UserSecret",
     "VerifiedCoordinator",
@@ -65,21 +67,17 @@ __all__ = [
     "fetch_audit",
     "fetch_manifest",
     "get_secret",
-    "get_volume_tag",
     "pinned_client",
     "propose_update",
     "raise_package_svn",
     "reset_volume",
     "response_json",
     "set_secret",
-    "set_volume_tag",
     "submit_recovery_share",
     "verify_coordinator",
 ]
 
 _logger = logging.getLogger(__name__)
-
-_SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -121,12 +119,6 @@ def pinned_client(url: str, root_pem: bytes, *, timeout: float = _DEFAULT_TIMEOU
     return httpx.Client(
         base_url=base_url(url), verify=pinned_ssl_context(root_pem), timeout=timeout
     )
-
-
-def _check_name(kind: str, name: str) -> None:
-    """Refuse a secret, package or volume name that could not be a manifest name (or a path)."""
-    if not _SECRET_NAME_RE.fullmatch(name):
-        raise ConfigError(f"invalid {kind} name {name!r}")
 
 
 @contextlib.contextmanager
@@ -336,7 +328,7 @@ def _signed_request(
 
 
 def _secret_path(name: str) -> str:
-    _check_name("secret", name)
+    check_name("secret", name)
     return f"/api/v1/secrets/{name}"
 
 
@@ -604,7 +596,7 @@ def raise_package_svn(
         NetworkError: the coordinator cannot be reached.
         RequestRefusedError: ``svn_not_raised``, ``permission_denied``, ``update_pending``...
     """
-    _check_name("package", package)
+    check_name("package", package)
     return _update(
         _json(
             _signed_request(
@@ -620,109 +612,6 @@ def raise_package_svn(
             )
         )
     )
-
-
-@dataclass(frozen=True)
-class PinnedVolumeTag:
-    """A volume's pinned state as the coordinator reports it."""
-
-    volume: str
-    version: int
-    tag: bytes | None
-
-
-def _volume_tag(body: Mapping[str, Any]) -> PinnedVolumeTag:
-    try:
-        tag = body.get("tag")
-        return PinnedVolumeTag(
-            volume=str(body["volume"]),
-            version=int(body["version"]),
-            tag=None if tag is None else bytes.fromhex(str(tag)),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VerificationError("malformed_response", "unexpected volume tag document") from exc
-
-
-def _service_request(
-    url: str,
-    root_pem: bytes,
-    activation: ActivationResult,
-    *,
-    method: str,
-    path: str,
-    body: bytes,
-    clock: Callable[[], float],
-    timeout: float,
-) -> httpx.Response:
-    from sealpod.coordinator.auth import service_authorization_header
-
-    root = x509.load_pem_x509_certificate(root_pem)
-    header = service_authorization_header(
-        activation.private_key,
-        activation.certificate,
-        method=method,
-        target=path,
-        body=body,
-        root_sha256=root.fingerprint(hashes.SHA256()),
-        time=int(clock()),
-    )
-    headers = {"authorization": header}
-    if body:
-        headers["content-type"] = "application/json"
-    with _coordinator_session(url, root_pem, timeout) as client:
-        return client.request(method, path, content=body, headers=headers)
-
-
-def get_volume_tag(
-    url: str,
-    root_pem: bytes,
-    activation: ActivationResult,
-    volume: str,
-    *,
-    clock: Callable[[], float] = time.time,
-    timeout: float = _DEFAULT_TIMEOUT,
-) -> PinnedVolumeTag:
-    """The pinned tag of ``volume``, asked as the activated instance ``activation``.
-
-    Raises:
-        ConfigError: a malformed volume name.
-        NetworkError: the coordinator cannot be reached.
-        RequestRefusedError: ``volume_not_mounted``, ``not_rollback_protected``...
-    """
-    _check_name("volume", volume)
-    response = _service_request(
-        url, root_pem, activation, method="GET", path=f"/api/v1/volumes/{volume}/tag",
-        body=b"", clock=clock, timeout=timeout,
-    )  # fmt: skip
-    return _volume_tag(_json(response))
-
-
-def set_volume_tag(
-    url: str,
-    root_pem: bytes,
-    activation: ActivationResult,
-    volume: str,
-    *,
-    expected_version: int,
-    tag: bytes,
-    clock: Callable[[], float] = time.time,
-    timeout: float = _DEFAULT_TIMEOUT,
-) -> PinnedVolumeTag:
-    """Move ``volume``'s pin from ``expected_version`` to ``tag``.
-
-    Raises:
-        ConfigError: a malformed volume name.
-        NetworkError: the coordinator cannot be reached.
-        RequestRefusedError: ``volume_tag_conflict`` (someone moved the pin: the volume here
-            is not the latest), ``volume_not_mounted``, ...
-    """
-    _check_name("volume", volume)
-    body = json.dumps({"expected_version": expected_version, "tag": tag.hex()}).encode()
-    response = _service_request(
-        url, root_pem, activation, method="PUT", path=f"/api/v1/volumes/{volume}/tag",
-        body=body, clock=clock, timeout=timeout,
-    )  # fmt: skip
-    return _volume_tag(_json(response))
 
 
 def reset_volume(
@@ -742,12 +631,12 @@ def reset_volume(
         NetworkError: the coordinator cannot be reached.
         RequestRefusedError: ``permission_denied``, ``unknown_volume``...
     """
-    _check_name("volume", volume)
+    check_name("volume", volume)
     response = _signed_request(
         url, root_pem, method="POST", path=f"/api/v1/volumes/{volume}/reset", body=b"",
         user=user, key=key, clock=clock, timeout=timeout,
     )  # fmt: skip
-    return _volume_tag(_json(response))
+    return volume_tag(_json(response))
 
 
 _AUDIT_PAGE = 1000

@@ -36,6 +36,7 @@ import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -44,8 +45,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from sealpod.coordinator.errors import RequestRefusedError
 from sealpod.errors import VerificationError
-from sealpod.manifest import Manifest, User
-from sealpod.pki import CoordinatorCA, verify_chain
+from sealpod.pki.certificates import verify_chain
+
+if TYPE_CHECKING:
+    # Only the coordinator side needs these, and it has them loaded: signing a request (the
+    # client side, e.g. `sealpod run` asking for a volume's tag) must not pay for pydantic and
+    # jinja2 (sealpod.manifest) at start-up.
+    from sealpod.manifest import Manifest, User
+    from sealpod.pki import CoordinatorCA
 
 __all__ = [
     "AUTH_SCHEME",
@@ -214,6 +221,8 @@ class RequestAuthenticator:
         Raises:
             RequestRefusedError: 401 with the codes of the module docstring.
         """
+        from sealpod.manifest import Manifest
+
         parsed = _parse(header)
         table = users.users if isinstance(users, Manifest) else users
         user = table.get(parsed.user)

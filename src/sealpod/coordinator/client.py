@@ -12,8 +12,10 @@
 
 ``sealpod run --coordinator`` imports this module on every start, so it loads only the
 activation client (:mod:`sealpod.coordinator._activate_client`: standard-library HTTPS, no
-httpx, pydantic or attestation verifier). Every other call lives in
-:mod:`sealpod.coordinator._client_calls` (httpx) and is imported on first use (PEP 562).
+httpx, pydantic or attestation verifier), which also holds the activated instance's volume-tag
+calls (:func:`get_volume_tag`, :func:`set_volume_tag`: asked before the application starts).
+Every other call lives in :mod:`sealpod.coordinator._client_calls` (httpx) and is imported on
+first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from sealpod.coordinator._activate_client import (
     ActivationResult,
+    PinnedVolumeTag,
     VolumeKey,
     activate,
+    get_volume_tag,
     pinned_ssl_context,
+    set_volume_tag,
 )
 
 if TYPE_CHECKING:
     from sealpod.coordinator._client_calls import (
         ManifestUpdate,
-        PinnedVolumeTag,
         SignedManifest,
         UserSecret,
         VerifiedCoordinator,
@@ -42,14 +46,12 @@ if TYPE_CHECKING:
         fetch_audit,
         fetch_manifest,
         get_secret,
-        get_volume_tag,
         pinned_client,
         propose_update,
         raise_package_svn,
         reset_volume,
         response_json,
         set_secret,
-        set_volume_tag,
         submit_recovery_share,
         verify_coordinator,
     )
@@ -83,7 +85,15 @@ __all__ = [
     "verify_coordinator",
 ]
 
-_CALLS = frozenset(__all__) - {"ActivationResult", "VolumeKey", "activate", "pinned_ssl_context"}
+_CALLS = frozenset(__all__) - {
+    "ActivationResult",
+    "PinnedVolumeTag",
+    "VolumeKey",
+    "activate",
+    "get_volume_tag",
+    "pinned_ssl_context",
+    "set_volume_tag",
+}
 
 
 def __getattr__(name: str) -> Any:
