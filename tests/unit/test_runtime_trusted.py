@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sealpod.errors import VerificationError
+from sealpod.runtime import _trusted
 from sealpod.runtime._trusted import (
     CHUNK_SIZE,
     TrustedFileModifiedError,
@@ -149,7 +150,10 @@ def test_kept_chunks_are_served_while_the_file_is_unchanged(fd: int) -> None:
     reader = TrustedReader(fd, content, path="/lib.so", verified_chunks=chunks)
     assert reader.held_bytes == len(_CONTENT)
     assert reader.read(0, 100) == _CONTENT[:100]
-    assert reader.held_bytes == len(_CONTENT) - CHUNK_SIZE
+    assert reader.read(50, 100) == _CONTENT[50:150]
+    assert reader.read(CHUNK_SIZE, 10) == _CONTENT[CHUNK_SIZE : CHUNK_SIZE + 10]
+    assert reader.read(0, 10) == _CONTENT[:10]
+    assert reader.held_bytes == len(_CONTENT)  # kept until close or a change
 
 
 def test_in_place_edit_after_open_is_refused_despite_kept_chunks(
@@ -165,7 +169,7 @@ def test_in_place_edit_after_open_is_refused_despite_kept_chunks(
     assert reader.held_bytes == 0
 
 
-def test_a_chunk_is_kept_only_once_then_rechecked_against_its_tag(
+def test_kept_chunks_are_dropped_on_a_change_and_reread_against_their_tags(
     trusted_file: Path, fd: int
 ) -> None:
     content, chunks = VerificationCache().verify_keeping(
@@ -176,7 +180,8 @@ def test_a_chunk_is_kept_only_once_then_rechecked_against_its_tag(
     assert reader.read(CHUNK_SIZE, 10) == _CONTENT[CHUNK_SIZE : CHUNK_SIZE + 10]
     _flip_byte_keep_times(trusted_file, 5)
     with pytest.raises(TrustedFileModifiedError):
-        reader.read(0, 10)  # chunk 0 was handed out already: read again and checked
+        reader.read(0, 10)  # the file changed: chunk 0 is read again and checked
+    assert reader.held_bytes == 0
 
 
 def test_no_chunks_are_kept_above_the_limit_or_from_the_cache(fd: int) -> None:
@@ -203,3 +208,53 @@ def test_tampered_file_is_refused_when_keeping_chunks(trusted_file: Path) -> Non
             )
     finally:
         os.close(descriptor)
+
+
+def test_prefetched_chunks_go_to_the_first_open_of_the_same_version_only(
+    trusted_file: Path, fd: int
+) -> None:
+    cache = VerificationCache()
+    cache.prefetch(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))
+    content, chunks = cache.verify_keeping(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))
+    assert b"".join(chunks) == _CONTENT and content.sha256 == _SHA
+    _, again = cache.verify_keeping(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))
+    assert again == ()  # handed over once
+    cache.prefetch(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))  # cached: keeps nothing
+    assert cache.verify_keeping(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))[1] == ()
+
+
+def test_prefetched_chunks_of_a_file_changed_since_are_not_served(
+    trusted_file: Path, fd: int
+) -> None:
+    other = VerificationCache()
+    other.prefetch(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))
+    _flip_byte_keep_times(trusted_file, 10)  # in place: the stat key moves (ctime)
+    with pytest.raises(TrustedFileModifiedError):
+        other.verify_keeping(fd, _SHA, path="/lib.so", keep_limit=len(_CONTENT))
+
+
+def test_a_file_hashed_by_two_threads_at_once_is_hashed_once(fd: int) -> None:
+    import threading
+
+    cache = VerificationCache()
+    calls: list[int] = []
+    real = _trusted._verify
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    _trusted._verify = counting  # type: ignore[assignment]
+    try:
+        results: list[object] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(cache.verify(fd, _SHA, path="/lib.so")))
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        _trusted._verify = real
+    assert len(calls) == 1 and len(results) == 4 and len({id(r) for r in results}) == 1

@@ -25,11 +25,13 @@ invariants this module keeps:
 The window that stays open is therefore only one of *availability*: a file modified after an open
 gives EIO on the modified chunk instead of EACCES at open.
 
-Start-up: the chunks read by the whole-file verification at an open may be kept
-(:meth:`VerificationCache.verify_keeping`) and served once each to that handle's first reads
+Start-up: the chunks read by the whole-file verification at an open (or by a
+:meth:`VerificationCache.prefetch` ahead of it, handed to the first open of that same file
+version) may be kept (:meth:`VerificationCache.verify_keeping`) and served to that handle's reads
 without a second read and tag check, while the descriptor's :class:`StatKey` is unchanged. Those
 are the very bytes that matched the manifest hash, so even a modification that keeps the key
-cannot bring tampered bytes through; any other modification drops them and is refused as above.
+cannot bring tampered bytes through; any other modification drops them all and is refused as
+above. They are held until the handle is closed (bounded per file and in total by the shield).
 """
 
 from __future__ import annotations
@@ -148,6 +150,21 @@ class VerificationCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], VerifiedContent] = {}
+        # One lock per file being hashed: a second caller waits for the first one's result
+        # instead of hashing the same bytes again (the background pre-verification and the
+        # application's open of the same file).
+        self._busy: dict[tuple[str, str], threading.Lock] = {}
+        # Chunks a prefetch read, waiting for the first open of that file version.
+        self._kept: dict[tuple[str, str], tuple[StatKey, tuple[bytes, ...]]] = {}
+
+    def _cached(self, slot: tuple[str, str], key: StatKey) -> VerifiedContent | None:
+        with self._lock:
+            cached = self._entries.get(slot)
+        return cached if cached is not None and cached.key == key else None
+
+    def _slot_lock(self, slot: tuple[str, str]) -> threading.Lock:
+        with self._lock:
+            return self._busy.setdefault(slot, threading.Lock())
 
     def verify(self, fd: int, expected_sha256: str, *, path: str) -> VerifiedContent:
         """Return the cached verification for ``fd``'s current version, or verify it now.
@@ -155,16 +172,7 @@ class VerificationCache:
         Raises:
             TrustedFileModifiedError: as :func:`verify_descriptor`.
         """
-        key = StatKey.of(os.fstat(fd))
-        slot = (path, expected_sha256.lower())
-        with self._lock:
-            cached = self._entries.get(slot)
-        if cached is not None and cached.key == key:
-            return cached
-        verified = verify_descriptor(fd, expected_sha256, path=path)
-        with self._lock:
-            self._entries[slot] = verified
-        return verified
+        return self.verify_keeping(fd, expected_sha256, path=path, keep_limit=-1)[0]
 
     def verify_keeping(
         self, fd: int, expected_sha256: str, *, path: str, keep_limit: int
@@ -179,14 +187,39 @@ class VerificationCache:
         st = os.fstat(fd)
         key = StatKey.of(st)
         slot = (path, expected_sha256.lower())
-        with self._lock:
-            cached = self._entries.get(slot)
-        if cached is not None and cached.key == key:
-            return cached, ()
-        verified, chunks = _verify(fd, expected_sha256, path, keep=st.st_size <= keep_limit)
-        with self._lock:
-            self._entries[slot] = verified
+        cached = self._cached(slot, key)
+        if cached is not None:
+            return cached, self._take_kept(slot, key, keep_limit)
+        with self._slot_lock(slot):
+            cached = self._cached(slot, key)  # hashed by another caller meanwhile
+            if cached is not None:
+                return cached, self._take_kept(slot, key, keep_limit)
+            verified, chunks = _verify(fd, expected_sha256, path, keep=st.st_size <= keep_limit)
+            with self._lock:
+                self._entries[slot] = verified
         return verified, chunks
+
+    def prefetch(self, fd: int, expected_sha256: str, *, path: str, keep_limit: int) -> None:
+        """Verify now, ahead of the first open, and hold the chunks read (files up to
+        ``keep_limit`` bytes) for that open's :class:`TrustedReader`.
+
+        Raises:
+            TrustedFileModifiedError: as :func:`verify_descriptor`.
+        """
+        verified, chunks = self.verify_keeping(
+            fd, expected_sha256, path=path, keep_limit=keep_limit
+        )
+        if chunks:
+            with self._lock:
+                self._kept[(path, expected_sha256.lower())] = (verified.key, chunks)
+
+    def _take_kept(self, slot: tuple[str, str], key: StatKey, keep_limit: int) -> tuple[bytes, ...]:
+        """The chunks a prefetch held for this very version of the file (handed over once)."""
+        with self._lock:
+            kept = self._kept.pop(slot, None)
+        if kept is None or kept[0] != key or key.size > keep_limit:
+            return ()
+        return kept[1]
 
     def forget(self, path: str) -> None:
         """Drop every cached verification of ``path``."""
@@ -216,7 +249,8 @@ class TrustedReader:
         self._cached_index = -1
         self._cached = b""
         # Chunks read by the whole-file verification of this very open (the bytes that
-        # matched the manifest hash): each is served from memory once, then dropped.
+        # matched the manifest hash): served from memory until the handle is closed or the
+        # file changes (a program's loader faults the same chunk in again and again).
         if verified_chunks and len(verified_chunks) != len(content.chunk_tags):
             raise ValueError("verified_chunks do not match the verified content")
         self._fresh = dict(enumerate(verified_chunks))
@@ -235,9 +269,8 @@ class TrustedReader:
     def _chunk(self, index: int) -> bytes:
         if index == self._cached_index:
             return self._cached
-        fresh = self._fresh.pop(index, None)
+        fresh = self._fresh.get(index)
         if fresh is not None:
-            self._fresh_bytes -= len(fresh)
             if StatKey.of(os.fstat(self._fd)) == self._content.key:
                 self._cached_index, self._cached = index, fresh
                 return fresh

@@ -60,6 +60,7 @@ class ShieldPolicy:
     ``owner`` (uid, gid) owns the in-memory nodes (tmpfs directories, memory files).
     ``trusted_links`` are the trusted paths served as symbolic links (from the measured
     manifest); ``None`` takes them from the backing tree when the shield is mounted.
+    ``preverify`` names trusted files to hash ahead of their first open (order kept).
 
     Raises:
         ConfigError: a path is not absolute/normalised, a hash is not 64 lowercase hex digits,
@@ -76,6 +77,9 @@ class ShieldPolicy:
     #: Empty read-only directories where the sandbox mounts /proc, /dev and the like.
     mountpoints: tuple[str, ...] = ("/proc", "/dev")
     trusted_links: frozenset[str] | None = None
+    #: Trusted files to verify in the background as soon as the shield starts (a hint: the
+    #: files a program's start opens first); each open still checks as always.
+    preverify: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backing_root", Path(self.backing_root))

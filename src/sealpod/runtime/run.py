@@ -438,12 +438,18 @@ def _prepared(
     granted: Mapping[str, Closeable],
     volume_providers: Mapping[str, VolumeProvider],
 ) -> PreparedRun:
+    from sealpod.runtime._elf import startup_files
+
     providers = _check_volumes(manifest.volumes, volume_providers)
     owner = (manifest.user.uid, manifest.user.gid)
+    links = manifest.trusted_links
     policy = ShieldPolicy(
         backing_root=tree,
         trusted=manifest.trusted,
-        trusted_links=manifest.trusted_links,
+        trusted_links=links,
+        # The program's executable, ELF interpreter and libraries, hashed on the spare core
+        # while the sandbox starts (a hint; every open is checked as always).
+        preverify=tuple(startup_files(tree, argv[0], manifest.trusted, links or frozenset())),
         allowed=frozenset(manifest.allowed_files),
         tmpfs=manifest.tmpfs,
         memory_files=files,

@@ -1089,6 +1089,36 @@ class _ShieldOperations:
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
+    def preverify(self, paths: tuple[str, ...], stop: threading.Event) -> None:
+        """Hash the trusted regular files ``paths`` ahead of their first open (runs on its own
+        thread, without the request lock: hashing releases the GIL). A file that fails is left
+        for its open to refuse and log as usual."""
+        kept = 0
+        for path in paths:
+            if stop.is_set():
+                return
+            expected = self._policy.trusted.get(path)
+            if expected is None or path in self._trusted_links:
+                continue
+            try:
+                fd = os.open(
+                    self._root_b + os.fsencode(path),
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                )
+            except OSError:
+                continue
+            try:
+                # Held for the first open; together with what open handles hold, within the
+                # same bounds as chunks kept by an open's own verification.
+                room = min(_KEEP_PER_FILE, _KEEP_TOTAL - kept)
+                size = os.fstat(fd).st_size
+                self._verified.prefetch(fd, expected, path=path, keep_limit=room)
+                kept += size if size <= room else 0
+            except (TrustedFileModifiedError, OSError):
+                pass
+            finally:
+                os.close(fd)
+
     def close_all(self) -> None:
         """Close every descriptor still open (the session is over)."""
         for fh in list(self._handles):
@@ -1163,6 +1193,7 @@ class Shield:
         self._session: fuse.FUSESession | None = None
         self._mountpoint: Path | None = None
         self._own_dir: Path | None = None
+        self._stop_preverify = threading.Event()
 
     def __repr__(self) -> str:
         return f"Shield(backing_root={str(self._policy.backing_root)!r}, mountpoint={self._mountpoint!r})"
@@ -1222,6 +1253,14 @@ class Shield:
                 )
         lock = threading.Lock()
         self._ops = _ShieldOperations(self._policy, lock)
+        if self._policy.preverify:
+            # On the spare core while the mount and the sandbox are being set up.
+            threading.Thread(
+                target=self._ops.preverify,
+                args=(self._policy.preverify, self._stop_preverify),
+                name="sealpod-preverify",
+                daemon=True,
+            ).start()
         options = ("fsname=sealpod-shield", "subtype=sealpod", "allow_other", "auto_unmount",
                    "noatime")  # fmt: skip
         session = fuse.FUSESession(self._ops, str(target), options, lock=lock)
@@ -1247,6 +1286,7 @@ class Shield:
         mount point directory if the shield created it.
         """
         session, mountpoint = self._session, self._mountpoint
+        self._stop_preverify.set()
         try:
             if session is not None:
                 session.close()
