@@ -533,3 +533,29 @@ def test_unmount_with_a_process_still_inside_ends_the_connection(
     finally:
         straggler.kill()
         straggler.wait()
+
+
+def test_a_tampered_file_named_in_the_preverify_hint_is_still_refused(
+    rootfs: tuple[Path, dict[str, str]],
+) -> None:
+    from sealpod.runtime import Shield
+
+    root, trusted = rootfs
+    _flip_byte_keep_times(root / "bin" / "busybox", 4000)
+    hint = ("/bin/busybox", "/etc/greeting")
+    with Shield(make_policy(root, trusted, preverify=hint)) as shield:
+        time.sleep(0.2)  # let the background pass finish first
+        assert _errno_of(open, shield.mountpoint / "bin" / "busybox", "rb") == errno.EACCES
+        assert (shield.mountpoint / "etc" / "greeting").read_bytes().startswith(b"hello")
+
+
+def test_a_file_changed_after_the_preverify_pass_is_refused_at_open(
+    rootfs: tuple[Path, dict[str, str]],
+) -> None:
+    from sealpod.runtime import Shield
+
+    root, trusted = rootfs
+    with Shield(make_policy(root, trusted, preverify=("/etc/greeting",))) as shield:
+        time.sleep(0.2)  # verified (and its bytes held) by the background pass
+        _flip_byte_keep_times(root / "etc" / "greeting", 1)  # ctime moves: a new version
+        assert _errno_of(open, shield.mountpoint / "etc" / "greeting", "rb") == errno.EACCES
