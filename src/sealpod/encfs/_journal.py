@@ -209,6 +209,11 @@ class JournaledNodeStore:
     def length(self) -> int:
         return self._length
 
+    def direct_fd(self) -> int | None:
+        """The object file's descriptor while no journal entry overlays it (reads then go
+        straight to it), else None."""
+        return None if self._overlay else self.fd
+
     def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self._length)
         if offset >= end:

@@ -70,6 +70,10 @@ class FileNodeStore:
     def _fail(self, what: str, exc: OSError) -> ConfigError:
         return ConfigError(f"cannot {what} {self.name or 'encrypted file'}: {exc.strerror or exc}")
 
+    def direct_fd(self) -> int | None:
+        """The descriptor reads go to."""
+        return self.fd
+
     def length(self) -> int:
         try:
             return os.fstat(self.fd).st_size
