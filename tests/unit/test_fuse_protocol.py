@@ -176,9 +176,11 @@ def test_name_without_terminator_is_refused_as_einval(session: Any) -> None:
 
 def test_unserved_opcodes_get_enosys(session: Any) -> None:
     s, _, out = session
-    for unique, opcode in ((11, IOCTL), (12, FLUSH), (13, 9999)):
+    for unique, opcode in ((12, FLUSH), (13, 9999)):
         s._dispatch(_request(opcode, unique, 1, bytes(64)))
         assert _reply(out) == (-errno.ENOSYS, unique, b"")
+    s._dispatch(_request(IOCTL, 11, 1, bytes(64)))
+    assert _reply(out) == (-errno.ENOTTY, 11, b"")  # what isatty() expects
     s._dispatch(_request(GETATTR, 14, 1, bytes(16)))  # the ops object has no getattr
     assert _reply(out) == (-errno.ENOSYS, 14, b"")
 

@@ -84,7 +84,7 @@ _MKNOD, _MKDIR, _UNLINK, _RMDIR, _RENAME, _LINK, _OPEN, _READ, _WRITE = (
 )
 _STATFS, _RELEASE, _FSYNC, _SETXATTR, _GETXATTR, _LISTXATTR = 17, 18, 20, 21, 22, 23
 _REMOVEXATTR, _FLUSH, _INIT, _OPENDIR, _READDIR, _RELEASEDIR, _FSYNCDIR = 24, 25, 26, 27, 28, 29, 30
-_ACCESS, _CREATE, _INTERRUPT, _DESTROY, _BATCH_FORGET, _RENAME2 = 34, 35, 36, 38, 42, 45
+_ACCESS, _CREATE, _INTERRUPT, _DESTROY, _IOCTL, _BATCH_FORGET, _RENAME2 = 34, 35, 36, 38, 39, 42, 45
 
 # fuse_init_out.flags this server asks for (each only if the kernel offers it).
 _ASYNC_READ = 1 << 0
@@ -549,7 +549,8 @@ class FUSESession:
             return  # no reply; nodes live as long as the mount, requests finish quickly
         handler = self._handlers.get(opcode)
         if handler is None:
-            self._reply_error(unique, errno.ENOSYS)
+            # No ioctl is supported: ENOTTY is what a program probing one (isatty) expects.
+            self._reply_error(unique, errno.ENOTTY if opcode == _IOCTL else errno.ENOSYS)
             return
         body = request[_IN_HEADER.size :]
         ctx = _NodeContext(nodeid, RequestContext(uid, gid, pid))
