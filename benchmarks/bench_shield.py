@@ -15,6 +15,11 @@ Throughput is bytes / (time of the dd run - time of a ``true`` run in the same s
 bubblewrap's start-up is not counted; the baseline and the re-read are the mean of 4 reads in
 one sandbox. The shield runs in its own process, whose peak RSS
 (``VmHWM``) is reported. ``SEALPOD_BENCH_SHIELD_MIB`` changes the size (default 256).
+
+One request's round trip: a separate process looks up ``_ROUND_TRIPS`` distinct missing names in
+the shield's ``/data`` (each one FUSE ``LOOKUP``), against the same lookups in the backing
+directory; once with the shield's default polling between requests and once with
+``SEALPOD_FUSE_SPIN_US=0`` (each side sleeps and is woken for every request).
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ from typing import Any
 from sealpod.runtime import Sandbox
 
 _MIB = 1 << 20
+_ROUND_TRIPS = 3000
+_LOOKUPS = textwrap.dedent(
+    """
+    import os, sys, time
+    base, count = sys.argv[1], int(sys.argv[2])
+    start = time.perf_counter()
+    for i in range(count):
+        try:
+            os.stat(f"{base}/missing-{i}")
+        except FileNotFoundError:
+            pass
+    print(count / (time.perf_counter() - start))
+    """
+)
 
 _SHIELD_PROCESS = textwrap.dedent(
     """
@@ -93,6 +112,37 @@ def _read_seconds(root: Path, path: str, repeat: int = 1) -> float:
     return max(elapsed, 1e-6) / repeat
 
 
+def _lookups_per_second(directory: Path) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOOKUPS, str(directory), str(_ROUND_TRIPS)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(done.stdout)
+
+
+def _with_shield(spec: str, env: dict[str, str], mountpoint: Path) -> float:
+    """Lookups per second through a second shield process started with ``env``."""
+    shield = subprocess.Popen(
+        [sys.executable, "-c", _SHIELD_PROCESS, spec],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env},
+    )  # fmt: skip
+    try:
+        if shield.stdout is None or shield.stdin is None:
+            raise SystemExit("bench_shield: no pipe to the shield process")
+        if shield.stdout.readline().strip() != "mounted":
+            raise SystemExit("bench_shield: the shield did not mount")
+        result = _lookups_per_second(mountpoint / "data")
+        shield.stdin.write("stop\n")
+        shield.stdin.flush()
+        shield.stdout.readline()
+        shield.wait(timeout=30)
+        return result
+    finally:
+        if shield.poll() is None:
+            shield.kill()
+            shield.wait()
+
+
 def _build(root: Path, size: int) -> dict[str, str]:
     for d in ("bin", "data", "shared", "proc", "dev"):
         (root / d).mkdir(parents=True)
@@ -134,6 +184,7 @@ def run() -> list[dict[str, Any]]:
                 raise SystemExit("bench_shield: no pipe to the shield process")
             if shield.stdout.readline().strip() != "mounted":
                 raise SystemExit("bench_shield: the shield did not mount")
+            lookups = _lookups_per_second(mountpoint / "data")
             first = _read_seconds(mountpoint, "/data/big.bin")
             again = _read_seconds(mountpoint, "/data/big.bin", repeat=4)
             passthrough = _read_seconds(mountpoint, "/shared/big.bin")
@@ -145,6 +196,8 @@ def run() -> list[dict[str, Any]]:
             if shield.poll() is None:
                 shield.kill()
                 shield.wait()
+        host_lookups = _lookups_per_second(root / "data")
+        lookups_no_spin = _with_shield(spec, {"SEALPOD_FUSE_SPIN_US": "0"}, mountpoint)
 
     def mbps(seconds: float) -> float:
         return size / seconds / 1e6
@@ -170,6 +223,20 @@ def run() -> list[dict[str, Any]]:
             "baseline": mbps(bare),
             "ratio": bare / passthrough,
             "unit": "MB/s",
+        },
+        {
+            "benchmark": "shield: request round trips (lookups of missing names) vs the host fs",
+            "sealpod": lookups,
+            "baseline": host_lookups,
+            "ratio": lookups / host_lookups,
+            "unit": "/s",
+        },
+        {
+            "benchmark": "shield: request round trips, polling between requests vs without",
+            "sealpod": lookups,
+            "baseline": lookups_no_spin,
+            "ratio": lookups / lookups_no_spin,
+            "unit": "/s",
         },
         {
             "benchmark": "shield process peak RSS (VmHWM) after the reads",
