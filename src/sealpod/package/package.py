@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sealpod.errors import ConfigError, ManifestError, VerificationError
 from sealpod.image.read import open_image
-from sealpod.package._sigcheck import signed_identity, verify_sigstruct_bytes
 from sealpod.package.measure import measure_manifest_bytes
 from sealpod.package.view import EnclaveView, read_canonical
+from sealpod.sgx._check import signed_identity, verify_sigstruct_bytes
 
 if TYPE_CHECKING:
     from sealpod.image.model import Image, Layer

@@ -20,19 +20,14 @@ that way since v1.5 (older releases wrote plain binary, which still parses).
 from __future__ import annotations
 
 import datetime as _dt
-import hmac
 import logging
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 from sealpod.errors import VerificationError
+from sealpod.sgx._check import q1_q2, verify_sigstruct_bytes
 from sealpod.sgx.keys import (
     SGX_RSA_EXPONENT,
-    SGX_RSA_KEY_BITS,
     SGX_RSA_KEY_BYTES,
     EnclaveSigningKey,
     mr_signer_from_modulus,
@@ -331,14 +326,6 @@ def new_sigstruct(
     )
 
 
-def _q1_q2(signature: int, modulus: int) -> tuple[int, int]:
-    # SDM 38.13 (Q1, Q2) and EINIT: the CPU checks s^3 mod N with these two quotients.
-    square = signature * signature
-    q1 = square // modulus
-    q2 = (square - q1 * modulus) * signature // modulus
-    return q1, q2
-
-
 def sign_sigstruct(unsigned: SIGSTRUCT, key: EnclaveSigningKey) -> SIGSTRUCT:
     """Sign ``unsigned`` with ``key``: fills MODULUS, EXPONENT, SIGNATURE, Q1 and Q2.
 
@@ -346,7 +333,7 @@ def sign_sigstruct(unsigned: SIGSTRUCT, key: EnclaveSigningKey) -> SIGSTRUCT:
     """
     signature = key.sign(unsigned.signing_data())
     modulus = key.modulus
-    q1, q2 = _q1_q2(signature, modulus)
+    q1, q2 = q1_q2(signature, modulus)
     signed = replace(
         unsigned,
         modulus=modulus.to_bytes(SGX_RSA_KEY_BYTES, "little"),
@@ -369,7 +356,8 @@ def verify_sigstruct(
     expected_mr_enclave: bytes | None = None,
     expected_mr_signer: bytes | None = None,
 ) -> SIGSTRUCT:
-    """Check an untrusted SIGSTRUCT the way EINIT would, and return it parsed.
+    """Check an untrusted SIGSTRUCT the way EINIT would, and return it parsed
+    (:func:`sealpod.sgx._check.verify_sigstruct_bytes` does the checks).
 
     Raises:
         VerificationError: with one of the reasons ``sigstruct_bad_length``,
@@ -379,52 +367,9 @@ def verify_sigstruct(
             ``sigstruct_mrsigner_mismatch``.
     """
     sig = data if isinstance(data, SIGSTRUCT) else SIGSTRUCT.from_bytes(data)
-    if sig.header != SIGSTRUCT_HEADER or sig.header2 != SIGSTRUCT_HEADER2:
-        raise VerificationError("sigstruct_bad_header", "HEADER/HEADER2 are not the SGX constants")
-    if sig.exponent != SGX_RSA_EXPONENT:
-        raise VerificationError(
-            "sigstruct_bad_exponent", f"EXPONENT must be 3, found {sig.exponent}"
-        )
-    if any(sig.reserved4):
-        # The only bytes neither signed nor checked by Q1/Q2: they must be zero (SDM 38.13).
-        raise VerificationError("sigstruct_bad_reserved", "reserved bytes 1028..1039 are not zero")
-    modulus = int.from_bytes(sig.modulus, "little")
-    if modulus.bit_length() != SGX_RSA_KEY_BITS or modulus % 2 == 0:
-        raise VerificationError("sigstruct_bad_modulus", "MODULUS is not a 3072-bit odd integer")
-    signature = int.from_bytes(sig.signature, "little")
-    if signature >= modulus:
-        raise VerificationError("sigstruct_bad_signature", "SIGNATURE is not below MODULUS")
-    public_key = rsa.RSAPublicNumbers(SGX_RSA_EXPONENT, modulus).public_key()
-    try:
-        public_key.verify(
-            signature.to_bytes(SGX_RSA_KEY_BYTES, "big"),
-            sig.signing_data(),
-            padding.PKCS1v15(),
-            hashes.SHA256(),
-        )
-    except InvalidSignature as exc:
-        raise VerificationError(
-            "sigstruct_bad_signature", "SIGNATURE does not verify under MODULUS"
-        ) from exc
-    q1, q2 = _q1_q2(signature, modulus)
-    if int.from_bytes(sig.q1, "little") != q1:
-        raise VerificationError("sigstruct_bad_q1", "Q1 is not floor(SIGNATURE^2 / MODULUS)")
-    if int.from_bytes(sig.q2, "little") != q2:
-        raise VerificationError("sigstruct_bad_q2", "Q2 does not match SIGNATURE and MODULUS")
-    if expected_mr_enclave is not None and not hmac.compare_digest(
-        sig.enclave_hash, expected_mr_enclave
-    ):
-        raise VerificationError(
-            "sigstruct_mrenclave_mismatch",
-            f"SIGSTRUCT is for MRENCLAVE {sig.enclave_hash.hex()}, "
-            f"expected {expected_mr_enclave.hex()}",
-        )
-    if expected_mr_signer is not None and not hmac.compare_digest(
-        sig.mr_signer, expected_mr_signer
-    ):
-        raise VerificationError(
-            "sigstruct_mrsigner_mismatch",
-            f"SIGSTRUCT is signed by MRSIGNER {sig.mr_signer.hex()}, "
-            f"expected {expected_mr_signer.hex()}",
-        )
+    verify_sigstruct_bytes(
+        sig.to_bytes(),
+        expected_mr_enclave=expected_mr_enclave,
+        expected_mr_signer=expected_mr_signer,
+    )
     return sig

@@ -1,12 +1,11 @@
-"""The SIGSTRUCT checks of the run path, without cryptography or :mod:`sealpod.sgx`.
+"""The SIGSTRUCT check (what EINIT checks), on raw bytes and without ``cryptography``.
 
-``sealpod run`` verifies a package on every start, and importing ``cryptography`` (pulled in by
-:mod:`sealpod.sgx`) costs more than the whole verification. Verifying an SGX signature needs no
-library: the exponent is 3, so RSA verification is one ``pow(signature, 3, modulus)`` and a
-comparison with the PKCS#1 v1.5 encoding of the SHA-256 of the signed bytes (RFC 8017 §8.2.2,
-§9.2). This module applies exactly the checks of :func:`sealpod.sgx.verify_sigstruct`, in the
-same order and with the same ``reason`` strings (the unit tests hold the two to each other on
-mutated structures); the builder and ``sealpod sigstruct`` keep using :mod:`sealpod.sgx`.
+This is the one implementation: :func:`sealpod.sgx.verify_sigstruct` calls it, and ``sealpod
+run`` calls it directly on every start, where importing ``cryptography`` would cost more than
+the whole verification. Verifying an SGX signature needs no library: the exponent is 3, so RSA
+verification is one ``pow(signature, 3, modulus)`` and a comparison with the PKCS#1 v1.5
+encoding of the SHA-256 of the signed bytes (RFC 8017 §8.2.2, §9.2). The unit tests hold it to
+``cryptography``'s RSA verification on mutated structures.
 
 Offsets are those of :data:`sealpod.sgx.SIGSTRUCT_LAYOUT` (Intel SDM Vol. 3D, Table 38-19).
 """
@@ -19,7 +18,7 @@ from typing import Final, NamedTuple
 
 from sealpod.errors import VerificationError
 
-__all__ = ["SignedIdentity", "signed_identity", "verify_sigstruct_bytes"]
+__all__ = ["SignedIdentity", "q1_q2", "signed_identity", "verify_sigstruct_bytes"]
 
 SIGSTRUCT_SIZE: Final = 1808
 _KEY_BITS: Final = 3072
@@ -71,16 +70,27 @@ def _pkcs1_sha256(message: bytes) -> bytes:
     return b"\x00\x01" + b"\xff" * (_KEY_BYTES - 3 - len(tail)) + b"\x00" + tail
 
 
+def q1_q2(signature: int, modulus: int) -> tuple[int, int]:
+    """SDM 38.13 (Q1, Q2): the two quotients EINIT uses to check SIGNATURE^3 mod MODULUS."""
+    square = signature * signature
+    q1 = square // modulus
+    q2 = (square - q1 * modulus) * signature // modulus
+    return q1, q2
+
+
 def verify_sigstruct_bytes(
-    data: bytes, *, expected_mr_signer: bytes | None = None
+    data: bytes,
+    *,
+    expected_mr_enclave: bytes | None = None,
+    expected_mr_signer: bytes | None = None,
 ) -> SignedIdentity:
-    """Check an untrusted SIGSTRUCT as :func:`sealpod.sgx.verify_sigstruct` does.
+    """Check an untrusted SIGSTRUCT the way EINIT would; return what it says.
 
     Raises:
         VerificationError: ``sigstruct_bad_length``, ``sigstruct_bad_header``,
             ``sigstruct_bad_exponent``, ``sigstruct_bad_reserved``, ``sigstruct_bad_modulus``,
-            ``sigstruct_bad_signature``, ``sigstruct_bad_q1``, ``sigstruct_bad_q2`` or
-            ``sigstruct_mrsigner_mismatch``.
+            ``sigstruct_bad_signature``, ``sigstruct_bad_q1``, ``sigstruct_bad_q2``,
+            ``sigstruct_mrenclave_mismatch`` or ``sigstruct_mrsigner_mismatch``.
     """
     identity = signed_identity(data)
     data = bytes(data)
@@ -105,14 +115,19 @@ def verify_sigstruct_bytes(
         raise VerificationError(
             "sigstruct_bad_signature", "SIGNATURE does not verify under MODULUS"
         )
-    # SDM 38.13 (Q1, Q2): what EINIT uses to check SIGNATURE^3 mod MODULUS.
-    square = signature * signature
-    q1 = square // modulus
-    q2 = (square - q1 * modulus) * signature // modulus
+    q1, q2 = q1_q2(signature, modulus)
     if _le(data, 1040, _KEY_BYTES) != q1:
         raise VerificationError("sigstruct_bad_q1", "Q1 is not floor(SIGNATURE^2 / MODULUS)")
     if _le(data, 1424, _KEY_BYTES) != q2:
         raise VerificationError("sigstruct_bad_q2", "Q2 does not match SIGNATURE and MODULUS")
+    if expected_mr_enclave is not None and not hmac.compare_digest(
+        identity.mr_enclave, expected_mr_enclave
+    ):
+        raise VerificationError(
+            "sigstruct_mrenclave_mismatch",
+            f"SIGSTRUCT is for MRENCLAVE {identity.mr_enclave.hex()}, "
+            f"expected {expected_mr_enclave.hex()}",
+        )
     if expected_mr_signer is not None and not hmac.compare_digest(
         identity.mr_signer, expected_mr_signer
     ):

@@ -1,23 +1,25 @@
-"""The run path's cryptography-free SIGSTRUCT check and MRENCLAVE agree with sealpod.sgx.
+"""The SIGSTRUCT check, held to an independent reference, and the run path's MRENCLAVE.
 
-:func:`sealpod.package._sigcheck.verify_sigstruct_bytes` re-implements
-:func:`sealpod.sgx.verify_sigstruct` (which verifies with ``cryptography``) so that ``sealpod
-run`` does not import ``cryptography``; :func:`sealpod.package.measure_manifest_bytes` writes
-the measurement records itself instead of using :class:`sealpod.sgx.EnclaveMeasurement`. The
-expected decisions and digests come from those reference implementations; the SIGSTRUCT
-attacks are the ones of ``test_sigstruct.py``, each required to fail with the same reason.
+:func:`sealpod.sgx._check.verify_sigstruct_bytes` verifies the RSA signature with a plain
+``pow()``; the reference here verifies it with ``cryptography``'s RSA PKCS#1 v1.5 and applies the
+SDM's structural checks in EINIT's order, so every mutated structure must get the same decision
+and reason from both. :func:`sealpod.package.measure_manifest_bytes` writes the measurement
+records itself; :class:`sealpod.sgx.EnclaveMeasurement` is its reference.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sealpod.errors import VerificationError
-from sealpod.package._sigcheck import signed_identity, verify_sigstruct_bytes
 from sealpod.package.measure import SEALPOD_RUNTIME_ID, measure_manifest_bytes, runtime_page
 from sealpod.sgx import (
     EnclaveMeasurement,
@@ -27,6 +29,7 @@ from sealpod.sgx import (
     sign_sigstruct,
     verify_sigstruct,
 )
+from sealpod.sgx._check import signed_identity, verify_sigstruct_bytes
 
 MRENCLAVE = bytes(range(32))
 DATE = dt.date(2024, 2, 29)
@@ -62,9 +65,55 @@ def _reason(check: object, data: bytes, **kwargs: object) -> str | None:
     return None
 
 
+def _le(data: bytes, start: int, size: int) -> int:
+    return int.from_bytes(data[start : start + size], "little")
+
+
+def _reference(data: bytes, expected_mr_signer: bytes | None = None) -> None:
+    """SDM Vol. 3D 38.13 and EINIT, with the RSA check done by ``cryptography``."""
+
+    def refuse(reason: str) -> None:
+        raise VerificationError(reason, reason)
+
+    if len(data) != 1808:
+        refuse("sigstruct_bad_length")
+    if data[0:16] != bytes.fromhex("06000000e10000000000010000000000") or data[
+        24:40
+    ] != bytes.fromhex("01010000600000006000000001000000"):
+        refuse("sigstruct_bad_header")
+    if _le(data, 512, 4) != 3:
+        refuse("sigstruct_bad_exponent")
+    if any(data[1028:1040]):
+        refuse("sigstruct_bad_reserved")
+    modulus, signature = _le(data, 128, 384), _le(data, 516, 384)
+    if modulus.bit_length() != 3072 or modulus % 2 == 0:
+        refuse("sigstruct_bad_modulus")
+    if signature >= modulus:
+        refuse("sigstruct_bad_signature")
+    try:
+        rsa.RSAPublicNumbers(3, modulus).public_key().verify(
+            signature.to_bytes(384, "big"),
+            data[0:128] + data[900:1028],
+            padding.PKCS1v15(),
+            hashes.SHA256(),
+        )
+    except InvalidSignature:
+        refuse("sigstruct_bad_signature")
+    q1 = signature * signature // modulus
+    if _le(data, 1040, 384) != q1:
+        refuse("sigstruct_bad_q1")
+    if _le(data, 1424, 384) != (signature * signature - q1 * modulus) * signature // modulus:
+        refuse("sigstruct_bad_q2")
+    if expected_mr_signer is not None and hashlib.sha256(data[128:512]).digest() != (
+        expected_mr_signer
+    ):
+        refuse("sigstruct_mrsigner_mismatch")
+
+
 def _same_decision(data: bytes, **kwargs: object) -> str | None:
-    expected = _reason(verify_sigstruct, data, **kwargs)
+    expected = _reason(_reference, data, **kwargs)
     assert _reason(verify_sigstruct_bytes, data, **kwargs) == expected
+    assert _reason(verify_sigstruct, data, **kwargs) == expected  # the public name: same check
     return expected
 
 
