@@ -268,7 +268,11 @@ class _ShieldOperations:
         kid = parent.kids.get(name)
         if kid is not None or parent.loader is None:
             return kid
-        prefix = os.fsdecode(parent.path()).rstrip("/") + "/"
+        return self._trusted_child(parent, os.fsdecode(parent.path()).rstrip("/") + "/", name)
+
+    def _trusted_child(self, parent: _Node, prefix: str, name: bytes) -> _Node | None:
+        """Add ``prefix + name`` below ``parent`` if the policy has it: a trusted file or
+        link, or a directory leading to trusted paths (found by bisection)."""
         path = prefix + os.fsdecode(name)
         expected = self._policy.trusted.get(path)
         if expected is not None:
@@ -339,35 +343,19 @@ class _ShieldOperations:
             raise ConfigError(f"shield policy: {below} passes through a non-directory entry")
 
     def _load_trusted(self, node: _Node) -> None:
-        """Add the trusted entries directly inside the policy directory ``node``.
+        """Add the trusted entries directly inside the policy directory ``node`` (those not
+        added already, by :meth:`_kid` or as policy entries).
 
         The trusted paths are kept sorted, so those below ``prefix`` are one contiguous run,
         and a sub-directory's run is skipped with one bisection (``"0"`` follows ``"/"``)."""
         keys = self._trusted_keys
         prefix = os.fsdecode(node.path()).rstrip("/") + "/"
-        allowed = self._policy.allowed
         i = bisect.bisect_left(keys, prefix)
-        kids = node.kids
         while i < len(keys) and keys[i].startswith(prefix):
-            path = keys[i]
-            name, sep, _ = path[len(prefix) :].partition("/")
-            if os.fsencode(name) in kids:  # added before (by _kid, or a policy entry)
-                i = bisect.bisect_left(keys, prefix + name + "0", i + 1) if sep else i + 1
-                continue
-            if sep:
-                directory = prefix + name
-                self._new(
-                    _Kind.DIR,
-                    os.fsencode(name),
-                    node,
-                    allowed=node.allowed or directory in allowed,
-                    loader=self._load_trusted,
-                )
-                i = bisect.bisect_left(keys, directory + "0", i + 1)
-                continue
-            kind = _Kind.TRUSTED_LINK if path in self._trusted_links else _Kind.TRUSTED
-            self._new(kind, os.fsencode(name), node, expected=self._policy.trusted[path])
-            i += 1
+            name, sep, _ = keys[i][len(prefix) :].partition("/")
+            if os.fsencode(name) not in node.kids:
+                self._trusted_child(node, prefix, os.fsencode(name))
+            i = bisect.bisect_left(keys, prefix + name + "0", i + 1) if sep else i + 1
 
     def _build(self) -> None:
         # The trusted entries are added per directory on first access (_load_trusted): a
