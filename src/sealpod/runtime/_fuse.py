@@ -10,10 +10,10 @@ What it does:
 * **Mount** through ``fusermount3`` (set-uid, as libfuse does for every caller that asks for
   ``auto_unmount``): the helper mounts, passes the ``/dev/fuse`` descriptor back over a UNIX
   socket (``_FUSE_COMMFD``, ``SCM_RIGHTS``), and then waits on that socket. When this process
-  closes it, or dies even by SIGKILL, the helper detaches the mount.
+  dies, even by SIGKILL, the helper detaches the mount.
 * **Serve** requests on a few threads that each read one request into their own buffer, call
-  the handler of the operations object under one lock (handlers may drop it around slow work
-  with :meth:`FUSESession.unlocked`), and write the reply with ``writev`` (no copy of read data).
+  the handler of the operations object under one lock (given to the session by its owner, who
+  may release it around slow work), and write the reply with ``writev`` (no copy of read data).
 * **Unmount** by detaching the mount (``umount2(MNT_DETACH)`` as root, ``fusermount3 -u -z``
   otherwise) and closing the socket, then wait for the threads, which stop when the kernel ends
   the connection (``ENODEV``); the connection is aborted through ``/sys/fs/fuse/connections`` if
@@ -43,7 +43,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from sealpod.errors import EnvironmentUnavailableError
@@ -502,15 +502,6 @@ class FUSESession:
                 f.write("1")
         except OSError:
             _logger.debug("FUSE: cannot abort the connection through %s", path, exc_info=True)
-
-    @contextlib.contextmanager
-    def unlocked(self) -> Iterator[None]:
-        """Let other requests run while the calling handler does slow work."""
-        self._lock.release()
-        try:
-            yield
-        finally:
-            self._lock.acquire()
 
     # -- the request loop ------------------------------------------------------------------
 
