@@ -131,3 +131,51 @@ def test_without_the_helper_reads_are_the_same(
     directory, authority = volume_dir
     monkeypatch.setattr(_read_worker, "helper", lambda: None)
     assert _read_all(directory, authority) == DATA
+
+
+def test_the_helper_reads_only_the_file_the_reader_named(tmp_path: Path) -> None:
+    # The helper reopens the reader's descriptor through /proc; a descriptor number now naming
+    # another file (another device/inode than the request says) is refused, not read.
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"a")
+    second.write_bytes(b"b")
+    fd = os.open(first, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        other = second.stat()
+        files: dict[tuple[int, int, int], int] = {}
+        assert _read_worker._reopen(files, (fd, other.st_dev, other.st_ino), os.getpid()) == -1
+        own = _read_worker._reopen(files, (fd, st.st_dev, st.st_ino), os.getpid())
+        assert own >= 0 and os.pread(own, 1, 0) == b"a"
+        for opened in files.values():
+            os.close(opened)
+    finally:
+        os.close(fd)
+
+
+def test_a_request_outside_the_shared_region_is_refused(tmp_path: Path) -> None:
+    import mmap
+
+    source = tmp_path / "sealed"
+    source.write_bytes(bytes(NODE * (_read_worker.MAX_NODES + 2)))
+    fd = os.open(source, os.O_RDONLY)
+    region = mmap.mmap(-1, _read_worker._REGION)
+    view = memoryview(region)
+    sealed = bytearray(_read_worker.MAX_NODES * NODE)
+    files: dict[tuple[int, int, int], int] = {}
+    try:
+        st = os.fstat(fd)
+        # A run inside the region reaches decryption (the zeros then fail authentication)...
+        inside = _read_worker._REQUEST.pack(fd, st.st_dev, st.st_ino, 0, 2, 0)
+        assert _read_worker._decrypt_request(inside, view, files, sealed, os.getpid()) == 0
+        # ...one that would run past it, or holds no node, is refused before anything is read.
+        for nodes, slot in ((0, 0), (_read_worker.MAX_NODES + 1, 0), (10, 250), (1, -1)):
+            request = _read_worker._REQUEST.pack(fd, st.st_dev, st.st_ino, 0, nodes, slot)
+            status = _read_worker._decrypt_request(request, view, files, sealed, os.getpid())
+            assert status == _read_worker.UNREADABLE, (nodes, slot)
+    finally:
+        for opened in files.values():
+            os.close(opened)
+        view.release()
+        region.close()
+        os.close(fd)
